@@ -1,0 +1,184 @@
+//! berthd configuration: one TOML struct whose serde defaults are the embedded defaults.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole berthd configuration. Every key is optional in the file; see docs/config.md.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC unix socket for the kubelet and crictl (created with mode 0660).
+    pub socket: PathBuf,
+    /// Persistent root: content store, snapshots, metadata.
+    pub root: PathBuf,
+    /// Volatile state: shim sockets, namespace pins, bundles.
+    pub state: PathBuf,
+    /// Logging.
+    pub log: LogConfig,
+    /// CNI networking.
+    pub cni: CniConfig,
+    /// Image registries.
+    pub registry: RegistryConfig,
+    /// Container runtime settings.
+    pub runtime: RuntimeConfig,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Filter in RUST_LOG syntax.
+    pub level: String,
+    /// Emit JSON lines instead of text.
+    pub json: bool,
+}
+
+/// CNI settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    /// Directory holding `.conf` / `.conflist` files; the first by name is used.
+    pub conf_dir: PathBuf,
+    /// Directories searched, in order, for plugin binaries.
+    pub bin_dirs: Vec<PathBuf>,
+    /// The network berth provides when `conf_dir` holds no configuration.
+    pub default_network: DefaultNetworkConfig,
+}
+
+/// berth's own bridge network, used when no CNI configuration is installed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DefaultNetworkConfig {
+    /// CNI network name.
+    pub name: String,
+    /// Linux bridge device the pods attach to.
+    pub bridge: String,
+    /// IPv4 subnet pods get addresses from (host-local IPAM).
+    pub subnet: String,
+}
+
+/// Registry settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// containerd-style `certs.d` directory: `<host>/hosts.toml` per registry host (mirrors, plain http).
+    pub config_path: PathBuf,
+    /// Layers downloaded at once per pull.
+    pub max_concurrent_downloads: usize,
+}
+
+/// Container runtime settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// berth-shim binary; empty means next to berthd, then `$PATH`.
+    pub shim_path: PathBuf,
+    /// Cgroup driver reported to the kubelet. Only `cgroupfs` is implemented.
+    pub cgroup_driver: String,
+    /// Seconds a StopPodSandbox waits for each container before SIGKILL.
+    pub sandbox_stop_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/berth/berth.sock"),
+            root: PathBuf::from("/var/lib/berth"),
+            state: PathBuf::from("/run/berth"),
+            log: LogConfig::default(),
+            cni: CniConfig::default(),
+            registry: RegistryConfig::default(),
+            runtime: RuntimeConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), json: false }
+    }
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        Self {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            default_network: DefaultNetworkConfig::default(),
+        }
+    }
+}
+
+impl Default for DefaultNetworkConfig {
+    fn default() -> Self {
+        Self { name: "berth".into(), bridge: "berth0".into(), subnet: "10.88.0.0/16".into() }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { config_path: PathBuf::from("/etc/berth/certs.d"), max_concurrent_downloads: 3 }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { shim_path: PathBuf::new(), cgroup_driver: "cgroupfs".into(), sandbox_stop_timeout_secs: 10 }
+    }
+}
+
+/// Errors loading a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not valid berth TOML.
+    #[error("parsing {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    /// The config could not be rendered.
+    #[error("rendering config: {0}")]
+    Render(#[from] toml::ser::Error),
+}
+
+impl Config {
+    /// Reads a TOML file; keys it leaves out keep their defaults, unknown keys are an error.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+    }
+
+    /// Renders the config as TOML (what `berthd config default` prints).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_round_trips_through_toml() {
+        let text = Config::default().to_toml().unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, Config::default());
+        assert!(text.contains("/run/berth/berth.sock"));
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let cfg: Config = toml::from_str("root = \"/tmp/x\"\n[cni]\nconf_dir = \"/tmp/cni\"\n").unwrap();
+        assert_eq!(cfg.root, PathBuf::from("/tmp/x"));
+        assert_eq!(cfg.cni.conf_dir, PathBuf::from("/tmp/cni"));
+        assert_eq!(cfg.cni.bin_dirs, CniConfig::default().bin_dirs);
+        assert_eq!(cfg.socket, Config::default().socket);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        assert!(toml::from_str::<Config>("sockett = \"/x\"").is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! berthd, the berth CRI server: RuntimeService and ImageService over a unix socket.
+
+pub mod config;
+pub mod error;
+pub mod id;
+pub mod image;
+pub mod logging;
+pub mod network;
+pub mod runtime;
+pub mod server;
+pub mod store;

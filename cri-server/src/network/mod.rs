@@ -1,0 +1,1 @@
+//! Pod networking: CNI plugin invocation and berth's default bridge network.

@@ -1,0 +1,238 @@
+//! CRI RuntimeService: thin gRPC handlers that validate and hand over to the sandbox and container managers.
+
+pub mod container;
+pub mod sandbox;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use k8s_cri::v1::runtime_service_server::RuntimeService;
+use k8s_cri::v1::*;
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::image::manager::ImageManager;
+use container::ContainerManager;
+use sandbox::SandboxManager;
+
+/// The RuntimeService implementation berthd serves.
+pub struct RuntimeHandlers {
+    sandboxes: Arc<SandboxManager>,
+    containers: Arc<ContainerManager>,
+    sandbox_stop_timeout_secs: i64,
+}
+
+impl RuntimeHandlers {
+    /// Builds the handlers, recovering sandboxes and containers left by a previous berthd.
+    pub async fn new(config: &Config, images: Arc<ImageManager>) -> crate::error::Result<Self> {
+        let sandboxes = Arc::new(SandboxManager::open(config).await?);
+        let containers = Arc::new(ContainerManager::open(config, images, sandboxes.clone()).await?);
+        let sandbox_stop_timeout_secs = i64::try_from(config.runtime.sandbox_stop_timeout_secs).unwrap_or(i64::MAX);
+        Ok(Self { sandboxes, containers, sandbox_stop_timeout_secs })
+    }
+}
+
+fn require(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        Err(Error::InvalidArgument(format!("{field} must not be empty")).into())
+    } else {
+        Ok(())
+    }
+}
+
+fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!("berth does not implement {rpc} yet"))
+}
+
+#[tonic::async_trait]
+impl RuntimeService for RuntimeHandlers {
+    type GetContainerEventsStream =
+        Pin<Box<dyn futures::Stream<Item = Result<ContainerEventResponse, Status>> + Send + 'static>>;
+
+    async fn get_container_events(
+        &self,
+        _request: Request<GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(unimplemented("GetContainerEvents"))
+    }
+
+    async fn version(&self, request: Request<VersionRequest>) -> Result<Response<VersionResponse>, Status> {
+        let _ = request;
+        Ok(Response::new(VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: "berth".into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: "v1".into(),
+        }))
+    }
+
+    async fn run_pod_sandbox(&self, request: Request<RunPodSandboxRequest>) -> Result<Response<RunPodSandboxResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.sandboxes.run(req).await?))
+    }
+
+    async fn stop_pod_sandbox(&self, request: Request<StopPodSandboxRequest>) -> Result<Response<StopPodSandboxResponse>, Status> {
+        let req = request.into_inner();
+        require("pod_sandbox_id", &req.pod_sandbox_id)?;
+        let id = self.sandboxes.resolve_id(&req.pod_sandbox_id).await?;
+        self.containers.stop_all_in_sandbox(&id, self.sandbox_stop_timeout_secs).await?;
+        self.sandboxes.stop(&id).await?;
+        Ok(Response::new(StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(&self, request: Request<RemovePodSandboxRequest>) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        let req = request.into_inner();
+        require("pod_sandbox_id", &req.pod_sandbox_id)?;
+        let id = match self.sandboxes.resolve_id(&req.pod_sandbox_id).await {
+            Ok(id) => id,
+            Err(Error::NotFound(_)) => return Ok(Response::new(RemovePodSandboxResponse {})),
+            Err(e) => return Err(e.into()),
+        };
+        self.containers.stop_all_in_sandbox(&id, 0).await?;
+        self.containers.remove_all_in_sandbox(&id).await?;
+        self.sandboxes.stop(&id).await?;
+        self.sandboxes.remove(&id).await?;
+        Ok(Response::new(RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(&self, request: Request<PodSandboxStatusRequest>) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        let req = request.into_inner();
+        require("pod_sandbox_id", &req.pod_sandbox_id)?;
+        Ok(Response::new(self.sandboxes.status(req).await?))
+    }
+
+    async fn list_pod_sandbox(&self, request: Request<ListPodSandboxRequest>) -> Result<Response<ListPodSandboxResponse>, Status> {
+        Ok(Response::new(self.sandboxes.list(request.into_inner()).await?))
+    }
+
+    async fn create_container(&self, request: Request<CreateContainerRequest>) -> Result<Response<CreateContainerResponse>, Status> {
+        let req = request.into_inner();
+        require("pod_sandbox_id", &req.pod_sandbox_id)?;
+        Ok(Response::new(self.containers.create(req).await?))
+    }
+
+    async fn start_container(&self, request: Request<StartContainerRequest>) -> Result<Response<StartContainerResponse>, Status> {
+        let req = request.into_inner();
+        require("container_id", &req.container_id)?;
+        self.containers.start(&req.container_id).await?;
+        Ok(Response::new(StartContainerResponse {}))
+    }
+
+    async fn stop_container(&self, request: Request<StopContainerRequest>) -> Result<Response<StopContainerResponse>, Status> {
+        let req = request.into_inner();
+        require("container_id", &req.container_id)?;
+        self.containers.stop(&req.container_id, req.timeout).await?;
+        Ok(Response::new(StopContainerResponse {}))
+    }
+
+    async fn remove_container(&self, request: Request<RemoveContainerRequest>) -> Result<Response<RemoveContainerResponse>, Status> {
+        let req = request.into_inner();
+        require("container_id", &req.container_id)?;
+        self.containers.remove(&req.container_id).await?;
+        Ok(Response::new(RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(&self, request: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
+        Ok(Response::new(self.containers.list(request.into_inner()).await?))
+    }
+
+    async fn container_status(&self, request: Request<ContainerStatusRequest>) -> Result<Response<ContainerStatusResponse>, Status> {
+        let req = request.into_inner();
+        require("container_id", &req.container_id)?;
+        Ok(Response::new(self.containers.status(req).await?))
+    }
+
+    async fn update_container_resources(&self, request: Request<UpdateContainerResourcesRequest>) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        let req = request.into_inner();
+        require("container_id", &req.container_id)?;
+        self.containers.update_resources(req).await?;
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
+    }
+
+    async fn reopen_container_log(&self, _request: Request<ReopenContainerLogRequest>) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        Err(unimplemented("ReopenContainerLog"))
+    }
+
+    async fn exec_sync(&self, _request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+        Err(unimplemented("ExecSync"))
+    }
+
+    async fn exec(&self, _request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        Err(unimplemented("Exec"))
+    }
+
+    async fn attach(&self, _request: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        Err(unimplemented("Attach"))
+    }
+
+    async fn port_forward(&self, _request: Request<PortForwardRequest>) -> Result<Response<PortForwardResponse>, Status> {
+        Err(unimplemented("PortForward"))
+    }
+
+    async fn container_stats(&self, _request: Request<ContainerStatsRequest>) -> Result<Response<ContainerStatsResponse>, Status> {
+        Err(unimplemented("ContainerStats"))
+    }
+
+    async fn list_container_stats(&self, _request: Request<ListContainerStatsRequest>) -> Result<Response<ListContainerStatsResponse>, Status> {
+        Err(unimplemented("ListContainerStats"))
+    }
+
+    async fn pod_sandbox_stats(&self, _request: Request<PodSandboxStatsRequest>) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        Err(unimplemented("PodSandboxStats"))
+    }
+
+    async fn list_pod_sandbox_stats(&self, _request: Request<ListPodSandboxStatsRequest>) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        Err(unimplemented("ListPodSandboxStats"))
+    }
+
+    async fn update_runtime_config(&self, request: Request<UpdateRuntimeConfigRequest>) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        // The only field is the pod CIDR, which berth's default network does not take from the kubelet.
+        let _ = request;
+        Ok(Response::new(UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let req = request.into_inner();
+        let (network_ready, network_message) = self.sandboxes.network_status();
+        let condition = |kind: &str, ok: bool, reason: &str, message: String| RuntimeCondition {
+            r#type: kind.into(),
+            status: ok,
+            reason: if ok { String::new() } else { reason.into() },
+            message,
+        };
+        let status = RuntimeStatus {
+            conditions: vec![
+                condition("RuntimeReady", true, "", String::new()),
+                condition("NetworkReady", network_ready, "NetworkPluginNotReady", network_message),
+            ],
+        };
+        let mut info = std::collections::HashMap::new();
+        if req.verbose {
+            info.insert(
+                "config".to_string(),
+                serde_json::json!({ "runtime": "berth", "version": env!("CARGO_PKG_VERSION") }).to_string(),
+            );
+        }
+        Ok(Response::new(StatusResponse { status: Some(status), info, ..Default::default() }))
+    }
+
+    async fn checkpoint_container(&self, _request: Request<CheckpointContainerRequest>) -> Result<Response<CheckpointContainerResponse>, Status> {
+        Err(unimplemented("CheckpointContainer"))
+    }
+
+    async fn list_metric_descriptors(&self, _request: Request<ListMetricDescriptorsRequest>) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+        Err(unimplemented("ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(&self, _request: Request<ListPodSandboxMetricsRequest>) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+        Err(unimplemented("ListPodSandboxMetrics"))
+    }
+
+    async fn runtime_config(&self, request: Request<RuntimeConfigRequest>) -> Result<Response<RuntimeConfigResponse>, Status> {
+        let _ = request;
+        Ok(Response::new(RuntimeConfigResponse {
+            linux: Some(LinuxRuntimeConfiguration { cgroup_driver: CgroupDriver::Cgroupfs as i32 }),
+        }))
+    }
+}

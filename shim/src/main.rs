@@ -1,0 +1,3 @@
+//! berth-shim: one process per container (skeleton).
+
+fn main() {}

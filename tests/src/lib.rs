@@ -1,0 +1,1 @@
+//! Fixtures for berth's integration tests (skeleton).
