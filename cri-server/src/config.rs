@@ -96,7 +96,10 @@ impl Default for Config {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into(), json: false }
+        Self {
+            level: "info".into(),
+            json: false,
+        }
     }
 }
 
@@ -112,19 +115,30 @@ impl Default for CniConfig {
 
 impl Default for DefaultNetworkConfig {
     fn default() -> Self {
-        Self { name: "berth".into(), bridge: "berth0".into(), subnet: "10.88.0.0/16".into() }
+        Self {
+            name: "berth".into(),
+            bridge: "berth0".into(),
+            subnet: "10.88.0.0/16".into(),
+        }
     }
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { config_path: PathBuf::from("/etc/berth/certs.d"), max_concurrent_downloads: 3 }
+        Self {
+            config_path: PathBuf::from("/etc/berth/certs.d"),
+            max_concurrent_downloads: 3,
+        }
     }
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { shim_path: PathBuf::new(), cgroup_driver: "cgroupfs".into(), sandbox_stop_timeout_secs: 10 }
+        Self {
+            shim_path: PathBuf::new(),
+            cgroup_driver: "cgroupfs".into(),
+            sandbox_stop_timeout_secs: 10,
+        }
     }
 }
 
@@ -133,10 +147,16 @@ impl Default for RuntimeConfig {
 pub enum ConfigError {
     /// The file could not be read.
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The file is not valid berth TOML.
     #[error("parsing {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     /// The config could not be rendered.
     #[error("rendering config: {0}")]
     Render(#[from] toml::ser::Error),
@@ -145,9 +165,14 @@ pub enum ConfigError {
 impl Config {
     /// Reads a TOML file; keys it leaves out keep their defaults, unknown keys are an error.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// Renders the config as TOML (what `berthd config default` prints).
@@ -170,7 +195,8 @@ mod tests {
 
     #[test]
     fn partial_file_keeps_other_defaults() {
-        let cfg: Config = toml::from_str("root = \"/tmp/x\"\n[cni]\nconf_dir = \"/tmp/cni\"\n").unwrap();
+        let cfg: Config =
+            toml::from_str("root = \"/tmp/x\"\n[cni]\nconf_dir = \"/tmp/cni\"\n").unwrap();
         assert_eq!(cfg.root, PathBuf::from("/tmp/x"));
         assert_eq!(cfg.cni.conf_dir, PathBuf::from("/tmp/cni"));
         assert_eq!(cfg.cni.bin_dirs, CniConfig::default().bin_dirs);

@@ -34,6 +34,9 @@ pub enum Error {
     /// A bug or an unexpected state; the message says which.
     #[error("{0}")]
     Internal(String),
+    /// The registry refused the credentials (401): gRPC Unauthenticated.
+    #[error("{0}")]
+    Unauthorized(String),
 }
 
 /// berthd's result type.
@@ -42,7 +45,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An [`Error::Io`] with context.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -54,8 +60,10 @@ impl From<Error> for Status {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::Unauthorized(_) => Code::Unauthenticated,
             Error::Snapshot(e) if e.is_not_found() => Code::NotFound,
             Error::Snapshot(e) if e.is_invalid_input() => Code::InvalidArgument,
+            Error::Snapshot(e) if e.is_already_exists() => Code::AlreadyExists,
             Error::Io { .. } | Error::Snapshot(_) | Error::Internal(_) => Code::Internal,
         };
         Status::new(code, err.to_string())

@@ -4,10 +4,16 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogConfig;
 
-/// Installs the global tracing subscriber. `RUST_LOG`, when set, wins over the configured level.
+/// Installs the global tracing subscriber. `RUST_LOG`, when set and not empty, wins over the configured level.
 pub fn init(config: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| config.level.clone());
+    let filter = EnvFilter::new(directives);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.json {
         builder.json().init();
     } else {

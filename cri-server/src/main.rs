@@ -8,7 +8,11 @@ use cri_server::config::Config;
 
 /// berth CRI runtime daemon.
 #[derive(Parser, Debug)]
-#[command(name = "berthd", version, about = "berth: a Kubernetes CRI container runtime")]
+#[command(
+    name = "berthd",
+    version,
+    about = "berth: a Kubernetes CRI container runtime"
+)]
 struct Cli {
     /// TOML config file; missing keys take the embedded defaults (`berthd config default`).
     #[arg(long, short = 'c', global = true)]
@@ -55,12 +59,17 @@ enum ConfigCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Config { what: ConfigCommand::Default }) = cli.command {
+    if let Some(Command::Config {
+        what: ConfigCommand::Default,
+    }) = cli.command
+    {
         print!("{}", Config::default().to_toml()?);
         return Ok(());
     }
     let mut config = match &cli.config {
-        Some(path) => Config::load(path).with_context(|| format!("loading config {}", path.display()))?,
+        Some(path) => {
+            Config::load(path).with_context(|| format!("loading config {}", path.display()))?
+        }
         None => Config::default(),
     };
     if let Some(v) = cli.socket {

@@ -20,15 +20,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     if let Some(parent) = config.socket.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     match std::fs::remove_file(&config.socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing stale socket {}", config.socket.display())),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("removing stale socket {}", config.socket.display()))
+        }
     }
-    let images = Arc::new(ImageManager::open(&config).await.context("opening image store")?);
-    let runtime = RuntimeHandlers::new(&config, images.clone()).await.context("recovering runtime state")?;
+    let images = Arc::new(
+        ImageManager::open(&config)
+            .await
+            .context("opening image store")?,
+    );
+    let runtime = RuntimeHandlers::new(&config, images.clone())
+        .await
+        .context("recovering runtime state")?;
 
     let listener = UnixListener::bind(&config.socket)
         .with_context(|| format!("binding {}", config.socket.display()))?;
@@ -48,7 +58,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop berthd with SIGKILL");
         return std::future::pending().await;
     };

@@ -28,8 +28,13 @@ impl RuntimeHandlers {
     pub async fn new(config: &Config, images: Arc<ImageManager>) -> crate::error::Result<Self> {
         let sandboxes = Arc::new(SandboxManager::open(config).await?);
         let containers = Arc::new(ContainerManager::open(config, images, sandboxes.clone()).await?);
-        let sandbox_stop_timeout_secs = i64::try_from(config.runtime.sandbox_stop_timeout_secs).unwrap_or(i64::MAX);
-        Ok(Self { sandboxes, containers, sandbox_stop_timeout_secs })
+        let sandbox_stop_timeout_secs =
+            i64::try_from(config.runtime.sandbox_stop_timeout_secs).unwrap_or(i64::MAX);
+        Ok(Self {
+            sandboxes,
+            containers,
+            sandbox_stop_timeout_secs,
+        })
     }
 }
 
@@ -47,8 +52,9 @@ fn unimplemented(rpc: &str) -> Status {
 
 #[tonic::async_trait]
 impl RuntimeService for RuntimeHandlers {
-    type GetContainerEventsStream =
-        Pin<Box<dyn futures::Stream<Item = Result<ContainerEventResponse, Status>> + Send + 'static>>;
+    type GetContainerEventsStream = Pin<
+        Box<dyn futures::Stream<Item = Result<ContainerEventResponse, Status>> + Send + 'static>,
+    >;
 
     async fn get_container_events(
         &self,
@@ -57,7 +63,10 @@ impl RuntimeService for RuntimeHandlers {
         Err(unimplemented("GetContainerEvents"))
     }
 
-    async fn version(&self, request: Request<VersionRequest>) -> Result<Response<VersionResponse>, Status> {
+    async fn version(
+        &self,
+        request: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
         let _ = request;
         Ok(Response::new(VersionResponse {
             version: "0.1.0".into(),
@@ -67,21 +76,32 @@ impl RuntimeService for RuntimeHandlers {
         }))
     }
 
-    async fn run_pod_sandbox(&self, request: Request<RunPodSandboxRequest>) -> Result<Response<RunPodSandboxResponse>, Status> {
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
         let req = request.into_inner();
         Ok(Response::new(self.sandboxes.run(req).await?))
     }
 
-    async fn stop_pod_sandbox(&self, request: Request<StopPodSandboxRequest>) -> Result<Response<StopPodSandboxResponse>, Status> {
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
         let req = request.into_inner();
         require("pod_sandbox_id", &req.pod_sandbox_id)?;
         let id = self.sandboxes.resolve_id(&req.pod_sandbox_id).await?;
-        self.containers.stop_all_in_sandbox(&id, self.sandbox_stop_timeout_secs).await?;
+        self.containers
+            .stop_all_in_sandbox(&id, self.sandbox_stop_timeout_secs)
+            .await?;
         self.sandboxes.stop(&id).await?;
         Ok(Response::new(StopPodSandboxResponse {}))
     }
 
-    async fn remove_pod_sandbox(&self, request: Request<RemovePodSandboxRequest>) -> Result<Response<RemovePodSandboxResponse>, Status> {
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
         let req = request.into_inner();
         require("pod_sandbox_id", &req.pod_sandbox_id)?;
         let id = match self.sandboxes.resolve_id(&req.pod_sandbox_id).await {
@@ -96,65 +116,102 @@ impl RuntimeService for RuntimeHandlers {
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
-    async fn pod_sandbox_status(&self, request: Request<PodSandboxStatusRequest>) -> Result<Response<PodSandboxStatusResponse>, Status> {
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
         let req = request.into_inner();
         require("pod_sandbox_id", &req.pod_sandbox_id)?;
         Ok(Response::new(self.sandboxes.status(req).await?))
     }
 
-    async fn list_pod_sandbox(&self, request: Request<ListPodSandboxRequest>) -> Result<Response<ListPodSandboxResponse>, Status> {
-        Ok(Response::new(self.sandboxes.list(request.into_inner()).await?))
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        Ok(Response::new(
+            self.sandboxes.list(request.into_inner()).await?,
+        ))
     }
 
-    async fn create_container(&self, request: Request<CreateContainerRequest>) -> Result<Response<CreateContainerResponse>, Status> {
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
         let req = request.into_inner();
         require("pod_sandbox_id", &req.pod_sandbox_id)?;
         Ok(Response::new(self.containers.create(req).await?))
     }
 
-    async fn start_container(&self, request: Request<StartContainerRequest>) -> Result<Response<StartContainerResponse>, Status> {
+    async fn start_container(
+        &self,
+        request: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
         let req = request.into_inner();
         require("container_id", &req.container_id)?;
         self.containers.start(&req.container_id).await?;
         Ok(Response::new(StartContainerResponse {}))
     }
 
-    async fn stop_container(&self, request: Request<StopContainerRequest>) -> Result<Response<StopContainerResponse>, Status> {
+    async fn stop_container(
+        &self,
+        request: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
         let req = request.into_inner();
         require("container_id", &req.container_id)?;
         self.containers.stop(&req.container_id, req.timeout).await?;
         Ok(Response::new(StopContainerResponse {}))
     }
 
-    async fn remove_container(&self, request: Request<RemoveContainerRequest>) -> Result<Response<RemoveContainerResponse>, Status> {
+    async fn remove_container(
+        &self,
+        request: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
         let req = request.into_inner();
         require("container_id", &req.container_id)?;
         self.containers.remove(&req.container_id).await?;
         Ok(Response::new(RemoveContainerResponse {}))
     }
 
-    async fn list_containers(&self, request: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
-        Ok(Response::new(self.containers.list(request.into_inner()).await?))
+    async fn list_containers(
+        &self,
+        request: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        Ok(Response::new(
+            self.containers.list(request.into_inner()).await?,
+        ))
     }
 
-    async fn container_status(&self, request: Request<ContainerStatusRequest>) -> Result<Response<ContainerStatusResponse>, Status> {
+    async fn container_status(
+        &self,
+        request: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
         let req = request.into_inner();
         require("container_id", &req.container_id)?;
         Ok(Response::new(self.containers.status(req).await?))
     }
 
-    async fn update_container_resources(&self, request: Request<UpdateContainerResourcesRequest>) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+    async fn update_container_resources(
+        &self,
+        request: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
         let req = request.into_inner();
         require("container_id", &req.container_id)?;
         self.containers.update_resources(req).await?;
         Ok(Response::new(UpdateContainerResourcesResponse {}))
     }
 
-    async fn reopen_container_log(&self, _request: Request<ReopenContainerLogRequest>) -> Result<Response<ReopenContainerLogResponse>, Status> {
+    async fn reopen_container_log(
+        &self,
+        _request: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
         Err(unimplemented("ReopenContainerLog"))
     }
 
-    async fn exec_sync(&self, _request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+    async fn exec_sync(
+        &self,
+        _request: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
         Err(unimplemented("ExecSync"))
     }
 
@@ -162,37 +219,61 @@ impl RuntimeService for RuntimeHandlers {
         Err(unimplemented("Exec"))
     }
 
-    async fn attach(&self, _request: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+    async fn attach(
+        &self,
+        _request: Request<AttachRequest>,
+    ) -> Result<Response<AttachResponse>, Status> {
         Err(unimplemented("Attach"))
     }
 
-    async fn port_forward(&self, _request: Request<PortForwardRequest>) -> Result<Response<PortForwardResponse>, Status> {
+    async fn port_forward(
+        &self,
+        _request: Request<PortForwardRequest>,
+    ) -> Result<Response<PortForwardResponse>, Status> {
         Err(unimplemented("PortForward"))
     }
 
-    async fn container_stats(&self, _request: Request<ContainerStatsRequest>) -> Result<Response<ContainerStatsResponse>, Status> {
+    async fn container_stats(
+        &self,
+        _request: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
         Err(unimplemented("ContainerStats"))
     }
 
-    async fn list_container_stats(&self, _request: Request<ListContainerStatsRequest>) -> Result<Response<ListContainerStatsResponse>, Status> {
+    async fn list_container_stats(
+        &self,
+        _request: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
         Err(unimplemented("ListContainerStats"))
     }
 
-    async fn pod_sandbox_stats(&self, _request: Request<PodSandboxStatsRequest>) -> Result<Response<PodSandboxStatsResponse>, Status> {
+    async fn pod_sandbox_stats(
+        &self,
+        _request: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
         Err(unimplemented("PodSandboxStats"))
     }
 
-    async fn list_pod_sandbox_stats(&self, _request: Request<ListPodSandboxStatsRequest>) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+    async fn list_pod_sandbox_stats(
+        &self,
+        _request: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
         Err(unimplemented("ListPodSandboxStats"))
     }
 
-    async fn update_runtime_config(&self, request: Request<UpdateRuntimeConfigRequest>) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+    async fn update_runtime_config(
+        &self,
+        request: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
         // The only field is the pod CIDR, which berth's default network does not take from the kubelet.
         let _ = request;
         Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
 
-    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let req = request.into_inner();
         let (network_ready, network_message) = self.sandboxes.network_status();
         let condition = |kind: &str, ok: bool, reason: &str, message: String| RuntimeCondition {
@@ -204,35 +285,59 @@ impl RuntimeService for RuntimeHandlers {
         let status = RuntimeStatus {
             conditions: vec![
                 condition("RuntimeReady", true, "", String::new()),
-                condition("NetworkReady", network_ready, "NetworkPluginNotReady", network_message),
+                condition(
+                    "NetworkReady",
+                    network_ready,
+                    "NetworkPluginNotReady",
+                    network_message,
+                ),
             ],
         };
         let mut info = std::collections::HashMap::new();
         if req.verbose {
             info.insert(
                 "config".to_string(),
-                serde_json::json!({ "runtime": "berth", "version": env!("CARGO_PKG_VERSION") }).to_string(),
+                serde_json::json!({ "runtime": "berth", "version": env!("CARGO_PKG_VERSION") })
+                    .to_string(),
             );
         }
-        Ok(Response::new(StatusResponse { status: Some(status), info, ..Default::default() }))
+        Ok(Response::new(StatusResponse {
+            status: Some(status),
+            info,
+            ..Default::default()
+        }))
     }
 
-    async fn checkpoint_container(&self, _request: Request<CheckpointContainerRequest>) -> Result<Response<CheckpointContainerResponse>, Status> {
+    async fn checkpoint_container(
+        &self,
+        _request: Request<CheckpointContainerRequest>,
+    ) -> Result<Response<CheckpointContainerResponse>, Status> {
         Err(unimplemented("CheckpointContainer"))
     }
 
-    async fn list_metric_descriptors(&self, _request: Request<ListMetricDescriptorsRequest>) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<ListMetricDescriptorsRequest>,
+    ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
         Err(unimplemented("ListMetricDescriptors"))
     }
 
-    async fn list_pod_sandbox_metrics(&self, _request: Request<ListPodSandboxMetricsRequest>) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
         Err(unimplemented("ListPodSandboxMetrics"))
     }
 
-    async fn runtime_config(&self, request: Request<RuntimeConfigRequest>) -> Result<Response<RuntimeConfigResponse>, Status> {
+    async fn runtime_config(
+        &self,
+        request: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
         let _ = request;
         Ok(Response::new(RuntimeConfigResponse {
-            linux: Some(LinuxRuntimeConfiguration { cgroup_driver: CgroupDriver::Cgroupfs as i32 }),
+            linux: Some(LinuxRuntimeConfiguration {
+                cgroup_driver: CgroupDriver::Cgroupfs as i32,
+            }),
         }))
     }
 }

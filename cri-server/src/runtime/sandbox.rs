@@ -1,11 +1,28 @@
-//! The sandbox manager: pod namespaces, pod cgroup, CNI, pod files, sandbox records. (SKELETON to be filled.)
+//! The sandbox manager: pod namespaces, pod cgroup, CNI, pod files, sandbox records.
+//!
+//! A sandbox has no pause process: its namespaces are pinned by bind mounts under
+//! `<state>/sandboxes/<id>/ns/`, its /dev/shm is a tmpfs at `<state>/sandboxes/<id>/shm`, and its record
+//! (`<root>/store/sandboxes/<id>.json`) holds everything needed to tear it down, including the CNI
+//! configuration and result used for ADD.
 
-use std::path::PathBuf;
+pub mod cgroup;
+mod files;
+mod namespaces;
+mod record;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_cri::v1::*;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::network::{Network, PodRef, PortMapping};
+use crate::store::RecordStore;
+use cgroup::CgroupLayout;
+use record::{SandboxRecord, State};
 
 /// How a pod's containers get their PID namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,53 +70,875 @@ pub struct SandboxInfo {
     pub sysctls: std::collections::HashMap<String, String>,
 }
 
+type Entry = Arc<tokio::sync::Mutex<SandboxRecord>>;
+
+/// Sandboxes by id and name reservations (`name_namespace_uid_attempt` → id).
+#[derive(Default)]
+struct Index {
+    sandboxes: HashMap<String, Entry>,
+    names: HashMap<String, String>,
+}
+
 /// Owns every sandbox: creation, teardown, status, recovery after a berthd restart.
-pub struct SandboxManager {}
+///
+/// Each sandbox has its own async lock, held across its CNI calls; the index lock is only held for map
+/// lookups.
+pub struct SandboxManager {
+    store: RecordStore<SandboxRecord>,
+    sandboxes_dir: PathBuf,
+    network: Arc<Network>,
+    cgroups: std::result::Result<Arc<CgroupLayout>, String>,
+    index: std::sync::Mutex<Index>,
+}
 
 impl SandboxManager {
     /// Loads sandbox records and reconciles them with what still exists on the node.
     pub async fn open(config: &Config) -> Result<Self> {
-        let _ = config;
-        Ok(Self {})
+        let store =
+            RecordStore::<SandboxRecord>::open(config.root.join("store").join("sandboxes"))?;
+        let cgroups = CgroupLayout::detect()
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        if let Err(err) = &cgroups {
+            tracing::error!(%err, "cannot find the cgroup hierarchies; RunPodSandbox will fail");
+        }
+        let loader = store.clone();
+        let records = blocking(move || {
+            let mut records = loader.load_all()?;
+            for rec in &mut records {
+                if rec.state == State::Ready && !intact(rec) {
+                    tracing::warn!(sandbox = %rec.id, "pod namespaces or shm are gone (reboot?): sandbox is NOTREADY");
+                    rec.state = State::NotReady;
+                    loader.put(&rec.id, rec)?;
+                }
+            }
+            Ok(records)
+        })
+        .await?;
+        let mut index = Index::default();
+        for rec in records {
+            index.names.insert(rec.name_key(), rec.id.clone());
+            index
+                .sandboxes
+                .insert(rec.id.clone(), Arc::new(tokio::sync::Mutex::new(rec)));
+        }
+        tracing::info!(sandboxes = index.sandboxes.len(), "sandbox records loaded");
+        Ok(Self {
+            store,
+            sandboxes_dir: config.state.join("sandboxes"),
+            network: Arc::new(Network::new(config)),
+            cgroups,
+            index: std::sync::Mutex::new(index),
+        })
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        // The index holds plain maps; a panic while it was locked cannot leave them half-updated.
+        self.index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn entry(&self, id: &str) -> Option<Entry> {
+        self.index().sandboxes.get(id).cloned()
+    }
+
+    async fn persist(&self, rec: &SandboxRecord) -> Result<()> {
+        let store = self.store.clone();
+        let rec = rec.clone();
+        blocking(move || store.put(&rec.id, &rec)).await
     }
 
     /// RunPodSandbox.
-    pub async fn run(&self, _req: RunPodSandboxRequest) -> Result<RunPodSandboxResponse> {
-        Err(Error::Internal("RunPodSandbox not implemented".into()))
+    pub async fn run(&self, req: RunPodSandboxRequest) -> Result<RunPodSandboxResponse> {
+        let plan = Plan::from_request(req, &self.sandboxes_dir)?;
+        let layout = self.cgroups.clone().map_err(Error::FailedPrecondition)?;
+        let rec = plan.record.clone();
+        let key = rec.name_key();
+        {
+            let mut index = self.index();
+            if let Some(existing) = index.names.get(&key) {
+                return Err(Error::AlreadyExists(format!(
+                    "pod sandbox name {key:?} is reserved for {existing}"
+                )));
+            }
+            index.names.insert(key.clone(), rec.id.clone());
+        }
+        let span = tracing::info_span!("run_pod_sandbox", sandbox = %rec.id, pod = %format!("{}/{}", rec.namespace, rec.name));
+        match self.setup(plan, layout).instrument(span).await {
+            Ok(rec) => {
+                let id = rec.id.clone();
+                tracing::info!(sandbox = %id, ips = ?rec.ips, "pod sandbox ready");
+                self.index()
+                    .sandboxes
+                    .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(rec)));
+                Ok(RunPodSandboxResponse { pod_sandbox_id: id })
+            }
+            Err((err, None)) => {
+                self.index().names.remove(&key);
+                tracing::warn!(sandbox = %rec.id, %err, "RunPodSandbox failed; cleaned up");
+                Err(err)
+            }
+            Err((err, Some(left))) => {
+                // Listed (NOTREADY) and keeping its name, so the kubelet's RemovePodSandbox can finish it.
+                self.index()
+                    .sandboxes
+                    .insert(left.id.clone(), Arc::new(tokio::sync::Mutex::new(left)));
+                Err(err)
+            }
+        }
     }
 
-    /// StopPodSandbox, after the pod's containers are stopped: CNI DEL, namespaces released. Idempotent.
-    pub async fn stop(&self, _id: &str) -> Result<()> {
-        Err(Error::Internal("StopPodSandbox not implemented".into()))
+    /// Sets up everything; on failure undoes all of it (including the record) and returns the error, with
+    /// the record when the undo failed too (the sandbox then stays, NOTREADY, for RemovePodSandbox).
+    async fn setup(
+        &self,
+        plan: Plan,
+        layout: Arc<CgroupLayout>,
+    ) -> std::result::Result<SandboxRecord, (Error, Option<SandboxRecord>)> {
+        let mut rec = plan.record;
+        // Written first so that a crash mid-setup leaves a NOTREADY record the kubelet can remove.
+        self.persist(&rec).await.map_err(|e| (e, None))?;
+        let result = self
+            .setup_steps(&mut rec, plan.dns, plan.ns, layout.clone())
+            .await;
+        let Err(err) = result else { return Ok(rec) };
+        let network = self.network.clone();
+        let store = self.store.clone();
+        rec.state = State::NotReady;
+        let (rec, cleanup) = match blocking(move || {
+            let res =
+                teardown(&mut rec, &network, Some(&layout)).and_then(|()| store.delete(&rec.id));
+            if res.is_err() {
+                let _ = store.put(&rec.id, &rec);
+            }
+            let busy = busy_parents(&rec, &layout);
+            Ok((rec, res.map(|()| busy)))
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(join_err) => {
+                tracing::error!(%join_err, "cleaning up a failed RunPodSandbox");
+                return Err((err, None));
+            }
+        };
+        match cleanup {
+            Ok(busy) => {
+                for parent in busy {
+                    self.hand_off_cgroup_parent(&parent).await;
+                }
+                Err((err, None))
+            }
+            Err(cleanup_err) => {
+                tracing::error!(sandbox = %rec.id, %cleanup_err, "cleaning up a failed RunPodSandbox; the sandbox stays NOTREADY for RemovePodSandbox");
+                Err((err, Some(rec)))
+            }
+        }
+    }
+
+    async fn setup_steps(
+        &self,
+        rec: &mut SandboxRecord,
+        dns: files::Dns,
+        ns: namespaces::NsRequest,
+        layout: Arc<CgroupLayout>,
+    ) -> Result<()> {
+        let mut host_side = rec.clone();
+        let (host_side, res) = blocking(move || {
+            let res = setup_host(&mut host_side, &dns, &ns, &layout);
+            Ok((host_side, res))
+        })
+        .await?;
+        *rec = host_side;
+        res?;
+        self.persist(rec).await?;
+
+        if let Some(netns) = rec.netns_path.clone() {
+            let network = self.network.clone();
+            let pod = (
+                rec.id.clone(),
+                rec.name.clone(),
+                rec.namespace.clone(),
+                rec.uid.clone(),
+            );
+            let ports = rec.port_mappings.clone();
+            let att = blocking(move || {
+                let config = network.select()?;
+                let pod = PodRef {
+                    sandbox_id: &pod.0,
+                    name: &pod.1,
+                    namespace: &pod.2,
+                    uid: &pod.3,
+                };
+                Ok(network.attachment(config, &pod, &netns, ports))
+            })
+            .await?;
+            rec.network = Some(att.clone());
+            rec.network_attached = true;
+            // Persisted before ADD: whatever ADD does, DEL can undo it after a crash.
+            self.persist(rec).await?;
+            let network = self.network.clone();
+            let mut att = att;
+            let att =
+                blocking(move || network.add(&mut att).map(|()| att).map_err(Error::from)).await?;
+            rec.ips = att.ips().iter().map(ToString::to_string).collect();
+            rec.network = Some(att);
+            let hosts = files::render_hosts(rec.ips.first().map(String::as_str), &rec.hostname);
+            let path = rec.dir.join("hosts");
+            blocking(move || files::write(&path, &hosts)).await?;
+        }
+        rec.state = State::Ready;
+        rec.setup_complete = true;
+        self.persist(rec).await
+    }
+
+    /// StopPodSandbox, after the pod's containers are stopped: CNI DEL (port mappings and the pod IP are
+    /// released), NOTREADY. The namespaces stay pinned until [`SandboxManager::remove`]. Idempotent.
+    pub async fn stop(&self, id: &str) -> Result<()> {
+        let Some(entry) = self.entry(id) else {
+            return Ok(());
+        };
+        let mut rec = entry.lock().await;
+        if rec.removed {
+            return Ok(());
+        }
+        let network = self.network.clone();
+        let mut copy = rec.clone();
+        let (copy, res) = blocking(move || {
+            let res = detach_network(&mut copy, &network);
+            Ok((copy, res))
+        })
+        .await?;
+        *rec = copy;
+        rec.state = State::NotReady;
+        self.persist(&rec).await?;
+        if res.is_ok() {
+            tracing::info!(sandbox = %id, "pod sandbox stopped");
+        }
+        res
     }
 
     /// RemovePodSandbox, after the pod's containers are removed: nothing of the pod is left. Idempotent.
-    pub async fn remove(&self, _id: &str) -> Result<()> {
-        Err(Error::Internal("RemovePodSandbox not implemented".into()))
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let Some(entry) = self.entry(id) else {
+            return Ok(());
+        };
+        let mut rec = entry.lock().await;
+        if rec.removed {
+            return Ok(());
+        }
+        let layout = self.cgroups.clone().ok();
+        let network = self.network.clone();
+        let store = self.store.clone();
+        let mut copy = rec.clone();
+        copy.state = State::NotReady;
+        let (copy, res) = blocking(move || {
+            let res = teardown(&mut copy, &network, layout.as_deref())
+                .and_then(|()| store.delete(&copy.id));
+            if res.is_err() {
+                // Keep what was undone so far, so a retry does not redo it.
+                let _ = store.put(&copy.id, &copy);
+            }
+            let busy = layout
+                .as_deref()
+                .map(|l| busy_parents(&copy, l))
+                .unwrap_or_default();
+            Ok((copy, res.map(|()| busy)))
+        })
+        .await?;
+        *rec = copy;
+        let busy_parents = res?;
+        rec.removed = true;
+        let key = rec.name_key();
+        drop(rec);
+        {
+            let mut index = self.index();
+            index.sandboxes.remove(id);
+            if index.names.get(&key).is_some_and(|owner| owner == id) {
+                index.names.remove(&key);
+            }
+        }
+        tracing::info!(sandbox = %id, "pod sandbox removed");
+        for parent in busy_parents {
+            self.hand_off_cgroup_parent(&parent).await;
+        }
+        Ok(())
+    }
+
+    /// Makes a live sandbox below `parent` responsible for removing it, so that the last pod out removes
+    /// a parent cgroup berth created.
+    async fn hand_off_cgroup_parent(&self, parent: &str) {
+        let prefix = format!("{parent}/");
+        let entries: Vec<Entry> = self.index().sandboxes.values().cloned().collect();
+        for entry in entries {
+            let mut rec = entry.lock().await;
+            if rec.removed || !rec.cgroup_path.starts_with(&prefix) {
+                continue;
+            }
+            if !rec.cgroup_created.iter().any(|p| p == parent) {
+                rec.cgroup_created.insert(0, parent.to_owned());
+                if let Err(err) = self.persist(&rec).await {
+                    tracing::warn!(sandbox = %rec.id, %err, "persisting cgroup parent hand-off");
+                }
+            }
+            return;
+        }
+        // Every pod below it went away meanwhile: the last one out is us.
+        if let Ok(layout) = self.cgroups.clone() {
+            let parent = parent.to_owned();
+            let _ = blocking(move || {
+                layout.remove_if_unused(&parent);
+                if layout.exists(&parent) {
+                    tracing::info!(cgroup = %parent, "parent cgroup is in use by something other than a berth pod; left in place");
+                }
+                Ok(())
+            })
+            .await;
+        }
     }
 
     /// PodSandboxStatus. `container_statuses` is filled by the caller when verbose.
-    pub async fn status(&self, _req: PodSandboxStatusRequest) -> Result<PodSandboxStatusResponse> {
-        Err(Error::Internal("PodSandboxStatus not implemented".into()))
+    pub async fn status(&self, req: PodSandboxStatusRequest) -> Result<PodSandboxStatusResponse> {
+        let id = self.resolve_id(&req.pod_sandbox_id).await?;
+        let rec = self.locked_record(&id).await?;
+        let mut info = HashMap::new();
+        if req.verbose {
+            info.insert("info".to_string(), rec.verbose_info().to_string());
+        }
+        Ok(PodSandboxStatusResponse {
+            status: Some(rec.to_status()),
+            info,
+            containers_statuses: Vec::new(),
+            timestamp: now_ns(),
+        })
     }
 
     /// ListPodSandbox with its filter.
-    pub async fn list(&self, _req: ListPodSandboxRequest) -> Result<ListPodSandboxResponse> {
-        Err(Error::Internal("ListPodSandbox not implemented".into()))
+    pub async fn list(&self, req: ListPodSandboxRequest) -> Result<ListPodSandboxResponse> {
+        let filter = req.filter.unwrap_or_default();
+        let entries: Vec<Entry> = {
+            let index = self.index();
+            if filter.id.is_empty() {
+                index.sandboxes.values().cloned().collect()
+            } else {
+                index
+                    .sandboxes
+                    .iter()
+                    .filter(|(id, _)| id.starts_with(&filter.id))
+                    .map(|(_, e)| e.clone())
+                    .collect()
+            }
+        };
+        let mut items = Vec::new();
+        for entry in entries {
+            let rec = entry.lock().await;
+            if !rec.removed && rec.matches(&filter) {
+                items.push(rec.to_list_item());
+            }
+        }
+        items.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(ListPodSandboxResponse { items })
     }
 
     /// Resolves a full id or a unique prefix to the full id (NotFound / InvalidArgument when ambiguous).
     pub async fn resolve_id(&self, id_or_prefix: &str) -> Result<String> {
-        Err(Error::NotFound(format!("pod sandbox {id_or_prefix:?} not found")))
+        let index = self.index();
+        if index.sandboxes.contains_key(id_or_prefix) {
+            return Ok(id_or_prefix.to_owned());
+        }
+        let not_found = || Error::NotFound(format!("pod sandbox {id_or_prefix:?} not found"));
+        if id_or_prefix.is_empty() {
+            return Err(not_found());
+        }
+        let mut matches = index
+            .sandboxes
+            .keys()
+            .filter(|id| id.starts_with(id_or_prefix));
+        match (matches.next(), matches.next()) {
+            (Some(id), None) => Ok(id.clone()),
+            (None, _) => Err(not_found()),
+            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+                "pod sandbox id prefix {id_or_prefix:?} is ambiguous"
+            ))),
+        }
+    }
+
+    async fn locked_record(&self, id: &str) -> Result<SandboxRecord> {
+        let not_found = || Error::NotFound(format!("pod sandbox {id:?} not found"));
+        let entry = self.entry(id).ok_or_else(not_found)?;
+        let rec = entry.lock().await;
+        if rec.removed {
+            return Err(not_found());
+        }
+        Ok(rec.clone())
     }
 
     /// What containers of sandbox `id` need.
     pub async fn info(&self, id: &str) -> Result<SandboxInfo> {
-        Err(Error::NotFound(format!("pod sandbox {id:?} not found")))
+        let id = self.resolve_id(id).await?;
+        let rec = self.locked_record(&id).await?;
+        Ok(sandbox_info(&rec))
     }
 
     /// NetworkReady condition: (ready, reason message when not).
     pub fn network_status(&self) -> (bool, String) {
-        (false, "not implemented".into())
+        self.network.status()
+    }
+}
+
+/// Runs blocking work (file I/O, mounts, CNI plugins) off the tokio workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+fn sandbox_info(rec: &SandboxRecord) -> SandboxInfo {
+    SandboxInfo {
+        id: rec.id.clone(),
+        metadata: rec.metadata(),
+        labels: rec.labels.clone(),
+        ready: rec.state == State::Ready,
+        netns_path: rec.netns_path.clone(),
+        ipc_ns_path: rec.ipc_ns_path.clone(),
+        uts_ns_path: rec.uts_ns_path.clone(),
+        pid_namespace: if rec.pid_mode == NamespaceMode::Node as i32 {
+            PidNamespace::Host
+        } else {
+            PidNamespace::PerContainer
+        },
+        cgroup_path: rec.cgroup_path.clone(),
+        log_directory: rec.log_directory.clone(),
+        hostname_file: rec.dir.join("hostname"),
+        hosts_file: rec.dir.join("hosts"),
+        resolv_conf_file: Some(rec.dir.join("resolv.conf")),
+        shm_path: rec.shm_path.clone(),
+        sysctls: rec.sysctls.clone(),
+    }
+}
+
+/// A validated RunPodSandbox request: the initial record and what setup needs besides it.
+struct Plan {
+    record: SandboxRecord,
+    dns: files::Dns,
+    ns: namespaces::NsRequest,
+}
+
+impl Plan {
+    fn from_request(req: RunPodSandboxRequest, sandboxes_dir: &Path) -> Result<Self> {
+        let invalid = |m: &str| Error::InvalidArgument(m.to_owned());
+        let config = req
+            .config
+            .ok_or_else(|| invalid("pod sandbox config is required"))?;
+        let md = config
+            .metadata
+            .ok_or_else(|| invalid("pod sandbox metadata is required"))?;
+        for (field, value) in [
+            ("name", &md.name),
+            ("namespace", &md.namespace),
+            ("uid", &md.uid),
+        ] {
+            if value.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "pod sandbox metadata.{field} must not be empty"
+                )));
+            }
+        }
+        let linux = config.linux.unwrap_or_default();
+        let modes = linux
+            .security_context
+            .as_ref()
+            .and_then(|s| s.namespace_options.clone());
+        let (network_mode, pid_mode, ipc_mode) = match modes {
+            Some(o) => (o.network, o.pid, o.ipc),
+            None => (
+                NamespaceMode::Pod as i32,
+                NamespaceMode::Container as i32,
+                NamespaceMode::Pod as i32,
+            ),
+        };
+        let own = |mode: i32, what: &str| -> Result<bool> {
+            match NamespaceMode::try_from(mode) {
+                Ok(NamespaceMode::Pod | NamespaceMode::Container) => Ok(true),
+                Ok(NamespaceMode::Node) => Ok(false),
+                _ => Err(Error::InvalidArgument(format!(
+                    "{what} namespace mode {mode} is not supported for a pod"
+                ))),
+            }
+        };
+        let own_net = own(network_mode, "network")?;
+        let own_ipc = own(ipc_mode, "IPC")?;
+        match NamespaceMode::try_from(pid_mode) {
+            Ok(NamespaceMode::Container | NamespaceMode::Node) => {}
+            Ok(NamespaceMode::Pod) => {
+                return Err(invalid(
+                    "sharing a PID namespace across a pod is not supported yet",
+                ));
+            }
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "PID namespace mode {pid_mode} is not supported for a pod"
+                )))
+            }
+        }
+
+        let hostname = if own_net {
+            if config.hostname.is_empty() {
+                md.name.clone()
+            } else {
+                config.hostname.clone()
+            }
+        } else {
+            nix::unistd::gethostname()
+                .map_err(|e| Error::io("reading the host's hostname", e.into()))?
+                .to_string_lossy()
+                .into_owned()
+        };
+        if hostname.len() > 64 || hostname.contains(['/', '\0', '\n']) {
+            return Err(Error::InvalidArgument(format!(
+                "pod hostname {hostname:?} is not a valid hostname"
+            )));
+        }
+
+        let mut port_mappings = Vec::new();
+        for p in &config.port_mappings {
+            if p.host_port <= 0 {
+                continue;
+            }
+            let protocol = match Protocol::try_from(p.protocol) {
+                Ok(Protocol::Tcp) => "tcp",
+                Ok(Protocol::Udp) => "udp",
+                Ok(Protocol::Sctp) => "sctp",
+                Err(_) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "port mapping protocol {} is unknown",
+                        p.protocol
+                    )))
+                }
+            };
+            if !(1..=65535).contains(&p.host_port) || !(1..=65535).contains(&p.container_port) {
+                return Err(Error::InvalidArgument(format!(
+                    "port mapping {}:{} is out of range",
+                    p.host_port, p.container_port
+                )));
+            }
+            port_mappings.push(PortMapping {
+                host_port: p.host_port,
+                container_port: p.container_port,
+                protocol: protocol.into(),
+                host_ip: p.host_ip.clone(),
+            });
+        }
+        if !port_mappings.is_empty() && !own_net {
+            // hostNetwork pods bind host ports themselves; there is nothing to map.
+            port_mappings.clear();
+        }
+
+        let id = crate::id::new_id();
+        let cgroup_path = cgroup::pod_cgroup_path(&linux.cgroup_parent, &id)?;
+        let dns = config
+            .dns_config
+            .map(|d| files::Dns {
+                servers: d.servers,
+                searches: d.searches,
+                options: d.options,
+            })
+            .unwrap_or_default();
+        let ns = namespaces::NsRequest {
+            net: own_net,
+            ipc: own_ipc,
+            uts_hostname: own_net.then(|| hostname.clone()),
+        };
+        let record = SandboxRecord {
+            dir: sandboxes_dir.join(&id),
+            id,
+            name: md.name,
+            namespace: md.namespace,
+            uid: md.uid,
+            attempt: md.attempt,
+            state: State::NotReady,
+            setup_complete: false,
+            created_at: now_ns(),
+            labels: config.labels,
+            annotations: config.annotations,
+            runtime_handler: req.runtime_handler,
+            hostname,
+            log_directory: PathBuf::from(config.log_directory),
+            network_mode,
+            pid_mode,
+            ipc_mode,
+            netns_path: None,
+            ipc_ns_path: None,
+            uts_ns_path: None,
+            shm_path: None,
+            cgroup_path,
+            cgroup_created: Vec::new(),
+            sysctls: linux.sysctls,
+            port_mappings,
+            network: None,
+            network_attached: false,
+            ips: Vec::new(),
+            removed: false,
+        };
+        Ok(Self { record, dns, ns })
+    }
+}
+
+/// The host side of a new pod: directory, pod files, namespaces, shm, cgroup, log directory. Fills in
+/// `rec` as it goes, so that [`teardown`] can undo a partial setup. Blocking.
+fn setup_host(
+    rec: &mut SandboxRecord,
+    dns: &files::Dns,
+    ns: &namespaces::NsRequest,
+    layout: &CgroupLayout,
+) -> Result<()> {
+    std::fs::create_dir_all(&rec.dir)
+        .map_err(|e| Error::io(format!("creating {}", rec.dir.display()), e))?;
+    files::write(&rec.dir.join("hostname"), &format!("{}\n", rec.hostname))?;
+    match files::render_resolv_conf(dns) {
+        Some(text) => files::write(&rec.dir.join("resolv.conf"), &text)?,
+        None => files::copy_host_file(Path::new("/etc/resolv.conf"), &rec.dir.join("resolv.conf"))?,
+    }
+    if ns.net {
+        files::write(
+            &rec.dir.join("hosts"),
+            &files::render_hosts(None, &rec.hostname),
+        )?;
+    } else {
+        files::copy_host_file(Path::new("/etc/hosts"), &rec.dir.join("hosts"))?;
+    }
+    if !rec.log_directory.as_os_str().is_empty() {
+        std::fs::create_dir_all(&rec.log_directory).map_err(|e| {
+            Error::io(
+                format!("creating pod log directory {}", rec.log_directory.display()),
+                e,
+            )
+        })?;
+    }
+    let pins = namespaces::create_pinned(&rec.dir.join("ns"), ns)?;
+    rec.netns_path = pins.net;
+    rec.ipc_ns_path = pins.ipc;
+    rec.uts_ns_path = pins.uts;
+    if ns.ipc {
+        let shm = rec.dir.join("shm");
+        rec.shm_path = Some(shm.clone());
+        files::mount_shm(&shm)?;
+    }
+    // Recorded before creation: removal of the pod cgroup is harmless when it was never made.
+    rec.cgroup_created = layout.create(&rec.cgroup_path)?;
+    Ok(())
+}
+
+/// CNI DEL if one is owed. A failure is forgiven when the network namespace is already gone (nothing is
+/// left in it to clean up); otherwise DEL stays owed and the error is returned. Blocking.
+fn detach_network(rec: &mut SandboxRecord, network: &Network) -> Result<()> {
+    if !rec.network_attached {
+        return Ok(());
+    }
+    let Some(att) = &rec.network else {
+        rec.network_attached = false;
+        return Ok(());
+    };
+    match network.del(att) {
+        Ok(()) => {}
+        Err(err) if !namespaces::is_pinned(&att.netns) => {
+            tracing::warn!(sandbox = %rec.id, %err, "CNI DEL failed but the network namespace is gone; giving up on it");
+        }
+        Err(err) => return Err(err.into()),
+    }
+    rec.network_attached = false;
+    Ok(())
+}
+
+/// Undoes everything a sandbox owns on the node: CNI, namespace pins, shm, cgroup, its directory.
+/// Idempotent; stops at the first failure so that nothing still mounted is deleted. Blocking.
+fn teardown(
+    rec: &mut SandboxRecord,
+    network: &Network,
+    layout: Option<&CgroupLayout>,
+) -> Result<()> {
+    detach_network(rec, network)?;
+    for pin in [&rec.netns_path, &rec.ipc_ns_path, &rec.uts_ns_path]
+        .into_iter()
+        .flatten()
+    {
+        namespaces::unpin(pin)?;
+    }
+    if let Some(shm) = &rec.shm_path {
+        files::unmount_shm(shm)?;
+    }
+    if let Some(layout) = layout {
+        layout.remove(&rec.cgroup_path, &rec.cgroup_created)?;
+    }
+    let ns_dir = rec.dir.join("ns");
+    match std::fs::remove_dir(&ns_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("removing {}", ns_dir.display()), e)),
+    }
+    match std::fs::remove_dir_all(&rec.dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", rec.dir.display()), e)),
+    }
+}
+
+/// Parent cgroups berth created for `rec` that other pods still use: they become those pods' to remove.
+fn busy_parents(rec: &SandboxRecord, layout: &CgroupLayout) -> Vec<String> {
+    rec.cgroup_created
+        .iter()
+        .filter(|p| **p != rec.cgroup_path && layout.exists(p))
+        .cloned()
+        .collect()
+}
+
+/// Whether a READY sandbox still has its namespaces and shm (they vanish with a reboot: /run is tmpfs).
+fn intact(rec: &SandboxRecord) -> bool {
+    let pins_ok = [&rec.netns_path, &rec.ipc_ns_path, &rec.uts_ns_path]
+        .into_iter()
+        .flatten()
+        .all(|p| namespaces::is_pinned(p));
+    let shm_ok = rec.shm_path.as_ref().is_none_or(|p| {
+        nix::sys::statfs::statfs(p)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+    });
+    pins_ok && shm_ok
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail loudly by design.
+mod tests {
+    use super::*;
+
+    fn request(ns: Option<NamespaceOption>) -> RunPodSandboxRequest {
+        RunPodSandboxRequest {
+            config: Some(PodSandboxConfig {
+                metadata: Some(PodSandboxMetadata {
+                    name: "web".into(),
+                    uid: "u1".into(),
+                    namespace: "default".into(),
+                    attempt: 1,
+                }),
+                hostname: "web-host".into(),
+                port_mappings: vec![
+                    k8s_cri::v1::PortMapping {
+                        protocol: 1,
+                        container_port: 53,
+                        host_port: 5353,
+                        host_ip: String::new(),
+                    },
+                    k8s_cri::v1::PortMapping {
+                        protocol: 0,
+                        container_port: 80,
+                        host_port: 0,
+                        host_ip: String::new(),
+                    },
+                ],
+                linux: Some(LinuxPodSandboxConfig {
+                    cgroup_parent: "/kubepods/pod1".into(),
+                    security_context: Some(LinuxSandboxSecurityContext {
+                        namespace_options: ns,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            runtime_handler: String::new(),
+        }
+    }
+
+    fn opts(
+        network: NamespaceMode,
+        pid: NamespaceMode,
+        ipc: NamespaceMode,
+    ) -> Option<NamespaceOption> {
+        Some(NamespaceOption {
+            network: network as i32,
+            pid: pid as i32,
+            ipc: ipc as i32,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn plan_defaults_to_own_namespaces() {
+        let plan = Plan::from_request(request(None), Path::new("/run/b/sandboxes")).unwrap();
+        assert_eq!(
+            plan.ns,
+            namespaces::NsRequest {
+                net: true,
+                ipc: true,
+                uts_hostname: Some("web-host".into())
+            }
+        );
+        let rec = plan.record;
+        assert_eq!(rec.name_key(), "web_default_u1_1");
+        assert_eq!(rec.cgroup_path, format!("/kubepods/pod1/berth-{}", rec.id));
+        assert_eq!(rec.dir, Path::new("/run/b/sandboxes").join(&rec.id));
+        assert_eq!(rec.port_mappings.len(), 1);
+        assert_eq!(rec.port_mappings[0].protocol, "udp");
+        assert_eq!(rec.pid_mode, NamespaceMode::Container as i32);
+    }
+
+    #[test]
+    fn plan_host_namespaces() {
+        let plan = Plan::from_request(
+            request(opts(
+                NamespaceMode::Node,
+                NamespaceMode::Node,
+                NamespaceMode::Node,
+            )),
+            Path::new("/s"),
+        )
+        .unwrap();
+        assert_eq!(plan.ns, namespaces::NsRequest::default());
+        assert!(plan.record.port_mappings.is_empty());
+        assert_eq!(sandbox_info(&plan.record).pid_namespace, PidNamespace::Host);
+    }
+
+    #[test]
+    fn plan_rejects_bad_requests() {
+        let pod_pid = request(opts(
+            NamespaceMode::Pod,
+            NamespaceMode::Pod,
+            NamespaceMode::Pod,
+        ));
+        let err = Plan::from_request(pod_pid, Path::new("/s")).err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("PID namespace across a pod is not supported"),
+            "{err}"
+        );
+        let mut no_uid = request(None);
+        if let Some(md) = no_uid.config.as_mut().and_then(|c| c.metadata.as_mut()) {
+            md.uid.clear();
+        }
+        assert!(matches!(
+            Plan::from_request(no_uid, Path::new("/s")),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            Plan::from_request(RunPodSandboxRequest::default(), Path::new("/s")),
+            Err(Error::InvalidArgument(_))
+        ));
+        let target = request(opts(
+            NamespaceMode::Target,
+            NamespaceMode::Container,
+            NamespaceMode::Pod,
+        ));
+        assert!(matches!(
+            Plan::from_request(target, Path::new("/s")),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

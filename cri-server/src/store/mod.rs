@@ -25,14 +25,22 @@ impl<T: Serialize + DeserializeOwned> RecordStore<T> {
     /// Opens (creating) the directory and removes temp files a crash left behind.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating store {}", dir.display()), e))?;
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io(format!("reading store {}", dir.display()), e))? {
-            let path = entry.map_err(|e| Error::io("reading store entry", e))?.path();
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating store {}", dir.display()), e))?;
+        for entry in fs::read_dir(&dir)
+            .map_err(|e| Error::io(format!("reading store {}", dir.display()), e))?
+        {
+            let path = entry
+                .map_err(|e| Error::io("reading store entry", e))?
+                .path();
             if path.extension().is_some_and(|ext| ext == "tmp") {
                 let _ = fs::remove_file(&path);
             }
         }
-        Ok(Self { dir, _kind: PhantomData })
+        Ok(Self {
+            dir,
+            _kind: PhantomData,
+        })
     }
 
     fn path(&self, id: &str) -> PathBuf {
@@ -67,7 +75,10 @@ impl<T: Serialize + DeserializeOwned> RecordStore<T> {
         match fs::remove_file(self.path(id)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(format!("removing record {}", self.path(id).display()), e)),
+            Err(e) => Err(Error::io(
+                format!("removing record {}", self.path(id).display()),
+                e,
+            )),
         }
     }
 
@@ -75,16 +86,21 @@ impl<T: Serialize + DeserializeOwned> RecordStore<T> {
     /// one corrupt file must not keep berthd from starting.
     pub fn load_all(&self) -> Result<Vec<T>> {
         let mut out = Vec::new();
-        let entries = fs::read_dir(&self.dir).map_err(|e| Error::io(format!("reading store {}", self.dir.display()), e))?;
+        let entries = fs::read_dir(&self.dir)
+            .map_err(|e| Error::io(format!("reading store {}", self.dir.display()), e))?;
         for entry in entries {
-            let path = entry.map_err(|e| Error::io("reading store entry", e))?.path();
+            let path = entry
+                .map_err(|e| Error::io("reading store entry", e))?
+                .path();
             if path.extension().is_none_or(|ext| ext != "json") {
                 continue;
             }
             match read_record(&path) {
                 Ok(Some(record)) => out.push(record),
                 Ok(None) => {}
-                Err(err) => tracing::error!(path = %path.display(), %err, "skipping unreadable record"),
+                Err(err) => {
+                    tracing::error!(path = %path.display(), %err, "skipping unreadable record")
+                }
             }
         }
         Ok(out)
@@ -106,7 +122,9 @@ fn validate_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && !id.starts_with('.')
         && id.len() <= 255
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
     if ok {
         Ok(())
     } else {
@@ -129,10 +147,40 @@ mod tests {
     fn put_get_delete_load_all() {
         let dir = tempfile::tempdir().unwrap();
         let store = RecordStore::<Rec>::open(dir.path()).unwrap();
-        store.put("a", &Rec { name: "x".into(), n: 1 }).unwrap();
-        store.put("b", &Rec { name: "y".into(), n: 2 }).unwrap();
-        store.put("a", &Rec { name: "x".into(), n: 3 }).unwrap();
-        assert_eq!(store.get("a").unwrap(), Some(Rec { name: "x".into(), n: 3 }));
+        store
+            .put(
+                "a",
+                &Rec {
+                    name: "x".into(),
+                    n: 1,
+                },
+            )
+            .unwrap();
+        store
+            .put(
+                "b",
+                &Rec {
+                    name: "y".into(),
+                    n: 2,
+                },
+            )
+            .unwrap();
+        store
+            .put(
+                "a",
+                &Rec {
+                    name: "x".into(),
+                    n: 3,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            store.get("a").unwrap(),
+            Some(Rec {
+                name: "x".into(),
+                n: 3
+            })
+        );
         let mut all = store.load_all().unwrap();
         all.sort_by_key(|r| r.n);
         assert_eq!(all.len(), 2);
@@ -156,7 +204,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RecordStore::<Rec>::open(dir.path()).unwrap();
         for id in ["../x", "a/b", "", ".hidden"] {
-            assert!(matches!(store.put(id, &Rec { name: String::new(), n: 0 }), Err(Error::InvalidArgument(_))));
+            assert!(matches!(
+                store.put(
+                    id,
+                    &Rec {
+                        name: String::new(),
+                        n: 0
+                    }
+                ),
+                Err(Error::InvalidArgument(_))
+            ));
         }
     }
 }

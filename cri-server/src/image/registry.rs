@@ -1,0 +1,441 @@
+//! The registry client: one oci-client per registry host (scheme, TLS trust), credentials from the
+//! CRI `AuthConfig`, and classification of registry failures into what the kubelet should see.
+
+use base64::Engine;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use crate::error::{Error, Result};
+use crate::image::hosts::{RegistryHost, Scheme};
+use crate::image::manifest::ACCEPTED_MANIFEST_TYPES;
+use crate::image::reference::ImageRef;
+
+/// Credentials for a pull, from the CRI `AuthConfig`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// `server_address` the kubelet matched the credentials to; empty means any host.
+    pub server_address: String,
+    /// What to send.
+    pub auth: Auth,
+}
+
+/// How to authenticate.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Auth {
+    /// No credentials (bearer challenges are still answered anonymously).
+    #[default]
+    Anonymous,
+    /// HTTP basic, or the credentials for a bearer token endpoint.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// A ready bearer token (`identity_token` / `registry_token`).
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Auth {
+    /// Never prints secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Anonymous => write!(f, "Anonymous"),
+            Auth::Basic { username, .. } => write!(f, "Basic({username:?}, <redacted>)"),
+            Auth::Bearer(_) => write!(f, "Bearer(<redacted>)"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Credentials({:?}, server {:?})",
+            self.auth, self.server_address
+        )
+    }
+}
+
+impl Credentials {
+    /// Builds credentials from the CRI fields: `username`/`password`, or `auth` (base64 `user:pass`),
+    /// or `identity_token` / `registry_token`.
+    pub fn from_cri(auth: Option<&k8s_cri::v1::AuthConfig>) -> Result<Self> {
+        let Some(a) = auth else {
+            return Ok(Self::default());
+        };
+        let server_address = strip_scheme(&a.server_address)
+            .trim_end_matches('/')
+            .to_owned();
+        let auth = if !a.registry_token.is_empty() {
+            Auth::Bearer(a.registry_token.clone())
+        } else if !a.identity_token.is_empty() {
+            Auth::Bearer(a.identity_token.clone())
+        } else if !a.username.is_empty() {
+            Auth::Basic {
+                username: a.username.clone(),
+                password: a.password.clone(),
+            }
+        } else if !a.auth.is_empty() {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(a.auth.trim())
+                .map_err(|e| {
+                    Error::InvalidArgument(format!("auth config: `auth` is not base64: {e}"))
+                })?;
+            let decoded = String::from_utf8(decoded)
+                .map_err(|_| Error::InvalidArgument("auth config: `auth` is not UTF-8".into()))?;
+            let (username, password) = decoded.split_once(':').ok_or_else(|| {
+                Error::InvalidArgument("auth config: `auth` is not \"user:password\"".into())
+            })?;
+            Auth::Basic {
+                username: username.into(),
+                password: password.into(),
+            }
+        } else {
+            Auth::Anonymous
+        };
+        Ok(Self {
+            server_address,
+            auth,
+        })
+    }
+
+    /// The credentials to send to `host` when pulling from `registry`: when the kubelet did not
+    /// scope them, or scoped them to that very host, or to the registry and `host` is its upstream
+    /// (as containerd: credentials for the upstream are not sent to mirrors).
+    fn for_host(&self, host: &RegistryHost, registry: &str) -> RegistryAuth {
+        let address = self.server_address.as_str();
+        let hub_alias = registry == crate::image::reference::DEFAULT_REGISTRY
+            && [
+                "index.docker.io",
+                "index.docker.io/v1",
+                "registry-1.docker.io",
+            ]
+            .contains(&address);
+        let applies = address.is_empty()
+            || address == host.host
+            || (host.is_server && (address == registry || hub_alias));
+        match (&self.auth, applies) {
+            (Auth::Basic { username, password }, true) => {
+                RegistryAuth::Basic(username.clone(), password.clone())
+            }
+            (Auth::Bearer(token), true) => RegistryAuth::Bearer(token.clone()),
+            _ => RegistryAuth::Anonymous,
+        }
+    }
+}
+
+fn strip_scheme(s: &str) -> &str {
+    s.split_once("://").map_or(s, |(_, rest)| rest)
+}
+
+/// Why talking to a registry host failed.
+#[derive(Debug)]
+pub enum RegistryError {
+    /// 401 or a rejected token request.
+    Unauthorized(String),
+    /// The manifest or blob does not exist there.
+    NotFound(String),
+    /// Connection refused, DNS, TLS handshake, timeout.
+    Unreachable(String),
+    /// Anything else (5xx, protocol violations, digest mismatch).
+    Other(String),
+}
+
+impl RegistryError {
+    /// Ranks errors so that the most telling one is reported when every host failed.
+    pub fn rank(&self) -> u8 {
+        match self {
+            RegistryError::Unauthorized(_) => 3,
+            RegistryError::NotFound(_) => 2,
+            RegistryError::Other(_) => 1,
+            RegistryError::Unreachable(_) => 0,
+        }
+    }
+
+    /// The berthd error for a failed pull of `image`.
+    pub fn into_error(self, image: &str) -> Error {
+        match self {
+            RegistryError::Unauthorized(m) => Error::Unauthorized(format!(
+                "failed to pull and unpack image {image:?}: failed to resolve reference: {m}: 401 Unauthorized"
+            )),
+            RegistryError::NotFound(m) => Error::NotFound(format!("image {image} not found in registry: {m}")),
+            RegistryError::Unreachable(m) => {
+                Error::Unavailable(format!("failed to pull image {image:?}: registry unreachable: {m}"))
+            }
+            RegistryError::Other(m) => Error::Internal(format!("failed to pull and unpack image {image:?}: {m}")),
+        }
+    }
+
+    fn classify(host: &RegistryHost, err: OciDistributionError) -> Self {
+        let at = host.url();
+        match err {
+            OciDistributionError::UnauthorizedError { url } => RegistryError::Unauthorized(url),
+            OciDistributionError::AuthenticationFailure(reason) => RegistryError::Unauthorized(
+                format!("{at}: token request rejected: {}", reason.trim()),
+            ),
+            OciDistributionError::RegistryError { envelope, url } => {
+                let not_found = envelope.errors.iter().any(|e| {
+                    matches!(
+                        e.code,
+                        OciErrorCode::ManifestUnknown
+                            | OciErrorCode::NameUnknown
+                            | OciErrorCode::BlobUnknown
+                            | OciErrorCode::NotFound
+                    )
+                });
+                let unauthorized = envelope
+                    .errors
+                    .iter()
+                    .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied));
+                let msg = format!("{url}: {envelope}");
+                if unauthorized {
+                    RegistryError::Unauthorized(msg)
+                } else if not_found {
+                    RegistryError::NotFound(msg)
+                } else {
+                    RegistryError::Other(msg)
+                }
+            }
+            OciDistributionError::ServerError { code: 404, url, .. } => {
+                RegistryError::NotFound(url)
+            }
+            OciDistributionError::ServerError {
+                code: 401 | 403,
+                url,
+                ..
+            } => RegistryError::Unauthorized(url),
+            OciDistributionError::ImageManifestNotFoundError(m) => RegistryError::NotFound(m),
+            OciDistributionError::RequestError(e) => {
+                if e.is_connect() || e.is_timeout() || e.is_request() {
+                    RegistryError::Unreachable(format!("{at}: {}", error_chain(&e)))
+                } else {
+                    RegistryError::Other(format!("{at}: {}", error_chain(&e)))
+                }
+            }
+            other => RegistryError::Other(format!("{at}: {}", error_chain(&other))),
+        }
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// A client bound to one registry host, one repository and one set of credentials.
+pub struct HostClient {
+    client: Client,
+    host: RegistryHost,
+    registry: String,
+    repository: String,
+}
+
+impl HostClient {
+    /// Builds the client for `host` serving `image`'s repository.
+    pub fn new(
+        host: &RegistryHost,
+        image: &ImageRef,
+        credentials: &Credentials,
+    ) -> Result<(Self, RegistryAuth)> {
+        let mut certs = Vec::new();
+        for path in &host.ca {
+            let data = std::fs::read(path)
+                .map_err(|e| Error::io(format!("reading CA {}", path.display()), e))?;
+            certs.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
+        }
+        let config = ClientConfig {
+            protocol: match host.scheme {
+                Scheme::Https => ClientProtocol::Https,
+                Scheme::Http => ClientProtocol::Http,
+            },
+            accept_invalid_certificates: host.skip_verify,
+            extra_root_certificates: certs,
+            platform_resolver: None,
+            connect_timeout: Some(std::time::Duration::from_secs(15)),
+            read_timeout: Some(std::time::Duration::from_secs(120)),
+            user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")),
+            ..ClientConfig::default()
+        };
+        let client = Client::try_from(config).map_err(|e| {
+            Error::InvalidArgument(format!("registry host {}: {}", host.url(), error_chain(&e)))
+        })?;
+        let auth = credentials.for_host(host, &image.registry);
+        let this = Self {
+            client,
+            host: host.clone(),
+            registry: image.registry.clone(),
+            repository: image.repository.clone(),
+        };
+        Ok((this, auth))
+    }
+
+    /// The host this client talks to.
+    pub fn host(&self) -> &RegistryHost {
+        &self.host
+    }
+
+    fn reference(&self, tag: Option<&str>, digest: Option<&str>) -> Reference {
+        // The upstream is addressed by its API host (registry-1.docker.io for docker.io); a
+        // mirror is addressed as a mirror, so oci-client adds containerd's `?ns=<registry>`.
+        let registry = if self.host.is_server {
+            &self.host.host
+        } else {
+            &self.registry
+        };
+        let mut reference = match (digest, tag) {
+            (Some(d), _) => {
+                Reference::with_digest(registry.clone(), self.repository.clone(), d.to_owned())
+            }
+            (None, t) => Reference::with_tag(
+                registry.clone(),
+                self.repository.clone(),
+                t.unwrap_or("latest").to_owned(),
+            ),
+        };
+        if reference.resolve_registry() != self.host.host {
+            reference.set_mirror_registry(self.host.host.clone());
+        }
+        reference
+    }
+
+    /// Fetches a manifest by tag or digest: raw bytes (digest-verified) and its digest.
+    pub async fn manifest(
+        &self,
+        auth: &RegistryAuth,
+        tag: Option<&str>,
+        digest: Option<&str>,
+    ) -> std::result::Result<(Vec<u8>, String), RegistryError> {
+        let reference = self.reference(tag, digest);
+        let (bytes, digest) = self
+            .client
+            .pull_manifest_raw(&reference, auth, ACCEPTED_MANIFEST_TYPES)
+            .await
+            .map_err(|e| RegistryError::classify(&self.host, e))?;
+        Ok((bytes.to_vec(), digest))
+    }
+
+    /// Opens a digest-verified byte stream of a blob.
+    pub async fn blob_stream(
+        &self,
+        auth: &RegistryAuth,
+        desc: &OciDescriptor,
+    ) -> std::result::Result<
+        impl futures::Stream<Item = std::result::Result<impl AsRef<[u8]> + Send + 'static, String>>
+            + Unpin
+            + Send,
+        RegistryError,
+    > {
+        use futures::StreamExt;
+        let reference = self.reference(None, Some(&desc.digest));
+        self.client
+            .store_auth_if_needed(reference.resolve_registry(), auth)
+            .await;
+        let stream = self
+            .client
+            .pull_blob_stream(&reference, desc)
+            .await
+            .map_err(|e| RegistryError::classify(&self.host, e))?;
+        Ok(stream.map(|chunk| chunk.map_err(|e| error_chain(&e))))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use k8s_cri::v1::AuthConfig;
+
+    #[test]
+    fn cri_auth_forms() {
+        let anon = Credentials::from_cri(None).unwrap();
+        assert_eq!(anon.auth, Auth::Anonymous);
+        let basic = Credentials::from_cri(Some(&AuthConfig {
+            username: "u".into(),
+            password: "p".into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(
+            basic.auth,
+            Auth::Basic {
+                username: "u".into(),
+                password: "p".into()
+            }
+        );
+        let encoded = Credentials::from_cri(Some(&AuthConfig {
+            auth: base64::engine::general_purpose::STANDARD.encode("user:pa:ss"),
+            server_address: "https://127.0.0.1:5000/".into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(
+            encoded.auth,
+            Auth::Basic {
+                username: "user".into(),
+                password: "pa:ss".into()
+            }
+        );
+        assert_eq!(encoded.server_address, "127.0.0.1:5000");
+        let token = Credentials::from_cri(Some(&AuthConfig {
+            identity_token: "t".into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(token.auth, Auth::Bearer("t".into()));
+        assert!(Credentials::from_cri(Some(&AuthConfig {
+            auth: "!!".into(),
+            ..Default::default()
+        }))
+        .is_err());
+        let secret = Credentials {
+            server_address: String::new(),
+            auth: Auth::Bearer("s3cret".into()),
+        };
+        assert!(!format!("{secret:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn credentials_are_scoped_to_their_server() {
+        let creds = Credentials {
+            server_address: "registry.example".into(),
+            auth: Auth::Basic {
+                username: "u".into(),
+                password: "p".into(),
+            },
+        };
+        let hosts = crate::image::hosts::default_hosts("registry.example");
+        assert!(matches!(
+            creds.for_host(&hosts[0], "registry.example"),
+            RegistryAuth::Basic(..)
+        ));
+        let other = crate::image::hosts::default_hosts("other.example");
+        assert!(matches!(
+            creds.for_host(&other[0], "other.example"),
+            RegistryAuth::Anonymous
+        ));
+        let unscoped = Credentials {
+            server_address: String::new(),
+            ..creds
+        };
+        assert!(matches!(
+            unscoped.for_host(&other[0], "other.example"),
+            RegistryAuth::Basic(..)
+        ));
+    }
+}

@@ -1,0 +1,584 @@
+//! End-to-end tests of berth-shim as root: the real binary, real libcontainer containers on an
+//! overlay rootfs built from /bin/busybox, driven over ttrpc with the sync `TaskClient`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use containerd_shim_protos::api::{
+    ConnectRequest, CreateTaskRequest, DeleteRequest, KillRequest, Mount, PidsRequest,
+    ShutdownRequest, StartRequest, StateRequest, Status, UpdateTaskRequest, WaitRequest,
+};
+use containerd_shim_protos::ttrpc::{self, context, Code};
+use containerd_shim_protos::TaskClient;
+use serde_json::json;
+
+const SHIM: &str = env!("CARGO_BIN_EXE_berth-shim");
+
+/// The shim under test: `BERTH_SHIM_BIN` (e.g. a release build, to measure memory) or the
+/// debug binary cargo built for this test.
+fn shim_bin() -> String {
+    std::env::var("BERTH_SHIM_BIN").unwrap_or_else(|_| SHIM.to_string())
+}
+const CGROUP_PARENT: &str = "berth-shim-test";
+
+fn ctx() -> context::Context {
+    context::with_timeout(Duration::from_secs(30).as_nanos() as i64)
+}
+
+/// One container's world: rootfs source, overlay dirs, bundle, log path, the running shim.
+struct Fixture {
+    id: String,
+    dir: tempfile::TempDir,
+    client: Option<TaskClient>,
+    shim_pid: Option<i32>,
+}
+
+impl Fixture {
+    /// Builds rootfs + bundle with a config.json running `args`.
+    fn new(name: &str, args: &[&str], pid_ns: bool, user: Option<&str>) -> Result<Self> {
+        let id = format!("{name}-{}", std::process::id());
+        let dir = tempfile::Builder::new()
+            .prefix("berth-shim-")
+            .tempdir_in("/tmp")?;
+        let src = dir.path().join("rootfs-src");
+        std::fs::create_dir_all(src.join("bin"))?;
+        std::fs::create_dir_all(src.join("etc"))?;
+        std::fs::copy("/bin/busybox", src.join("bin/busybox"))?;
+        for tool in ["sh", "echo", "sleep", "cat", "id", "yes", "head", "grep"] {
+            std::os::unix::fs::symlink("busybox", src.join("bin").join(tool))?;
+        }
+        std::fs::write(
+            src.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+        )?;
+        std::fs::write(
+            src.join("etc/group"),
+            "root:x:0:\napp:x:1000:\nextra:x:2000:app\n",
+        )?;
+        for d in ["upper", "work", "bundle"] {
+            std::fs::create_dir_all(dir.path().join(d))?;
+        }
+        let mut spec = serde_json::to_value(oci_spec::runtime::Spec::default())?;
+        spec["root"] = json!({"path": "rootfs", "readonly": false});
+        spec["process"]["args"] = json!(args);
+        spec["process"]["env"] = json!(["PATH=/bin"]);
+        spec["process"]["cwd"] = json!("/");
+        spec["hostname"] = json!("shimtest");
+        let mut ns = vec![
+            json!({"type": "ipc"}),
+            json!({"type": "uts"}),
+            json!({"type": "mount"}),
+        ];
+        ns.push(json!({"type": "network"}));
+        if pid_ns {
+            ns.push(json!({"type": "pid"}));
+        }
+        spec["linux"]["namespaces"] = json!(ns);
+        spec["linux"]["cgroupsPath"] = json!(format!("/{CGROUP_PARENT}/{id}"));
+        if let Some(u) = user {
+            spec["annotations"] = json!({"io.berth.user": u});
+        }
+        std::fs::write(
+            dir.path().join("bundle/config.json"),
+            serde_json::to_vec_pretty(&spec)?,
+        )?;
+        Ok(Fixture {
+            id,
+            dir,
+            client: None,
+            shim_pid: None,
+        })
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.dir.path().join("bundle")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("logs/ctr/0.log")
+    }
+
+    fn rootfs_mount(&self) -> Mount {
+        let p = self.dir.path();
+        let mut m = Mount::new();
+        m.type_ = "overlay".into();
+        m.source = "overlay".into();
+        m.options = vec![
+            format!("lowerdir={}", p.join("rootfs-src").display()),
+            format!("upperdir={}", p.join("upper").display()),
+            format!("workdir={}", p.join("work").display()),
+        ];
+        m
+    }
+
+    /// `berth-shim start`; connects the client.
+    fn start_shim(&mut self) -> Result<&TaskClient> {
+        let out = Command::new(shim_bin())
+            .args(["start", "--id", &self.id, "--bundle"])
+            .arg(self.bundle())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "shim start failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let socket = String::from_utf8(out.stdout)?.trim().to_string();
+        assert_eq!(Path::new(&socket), self.bundle().join("shim.sock"));
+        let client = TaskClient::new(ttrpc::Client::connect(&format!("unix://{socket}"))?);
+        let mut req = ConnectRequest::new();
+        req.id = self.id.clone();
+        let resp = client.connect(ctx(), &req)?;
+        self.shim_pid = Some(resp.shim_pid as i32);
+        Ok(self.client.insert(client))
+    }
+
+    fn client(&self) -> Result<&TaskClient> {
+        self.client.as_ref().context("shim not started")
+    }
+
+    fn create_request(&self) -> CreateTaskRequest {
+        let mut req = CreateTaskRequest::new();
+        req.id = self.id.clone();
+        req.bundle = self.bundle().display().to_string();
+        req.rootfs = vec![self.rootfs_mount()];
+        req.stdout = self.log_path().display().to_string();
+        req
+    }
+
+    fn create_and_start(&self) -> Result<u32> {
+        let c = self.client()?;
+        let pid = c.create(ctx(), &self.create_request())?.pid;
+        assert!(pid > 0);
+        let mut req = StartRequest::new();
+        req.id = self.id.clone();
+        assert_eq!(c.start(ctx(), &req)?.pid, pid);
+        Ok(pid)
+    }
+
+    fn wait(&self) -> Result<u32> {
+        let mut req = WaitRequest::new();
+        req.id = self.id.clone();
+        Ok(self.client()?.wait(ctx(), &req)?.exit_status)
+    }
+
+    fn delete(&self) -> Result<u32> {
+        let mut req = DeleteRequest::new();
+        req.id = self.id.clone();
+        Ok(self.client()?.delete(ctx(), &req)?.exit_status)
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        let mut req = ShutdownRequest::new();
+        req.id = self.id.clone();
+        self.client()?.shutdown(ctx(), &req)?;
+        Ok(())
+    }
+
+    fn log(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.log_path())?)
+    }
+
+    fn rootfs_mounted(&self) -> Result<bool> {
+        let target = self.bundle().join("rootfs").display().to_string();
+        let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+        Ok(info
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(target.as_str())))
+    }
+
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for e in rd.flatten() {
+                let d = e.path().join(CGROUP_PARENT).join(&self.id);
+                if d.exists() {
+                    dirs.push(d);
+                }
+            }
+        }
+        let root = Path::new("/sys/fs/cgroup")
+            .join(CGROUP_PARENT)
+            .join(&self.id);
+        if root.exists() {
+            dirs.push(root);
+        }
+        dirs
+    }
+
+    fn shim_alive(&self) -> bool {
+        let Some(pid) = self.shim_pid else {
+            return false;
+        };
+        match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            Ok(s) => !s
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z')),
+            Err(_) => false,
+        }
+    }
+
+    fn wait_shim_gone(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !self.shim_alive() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Fixture {
+    /// Best-effort cleanup so a failed test leaks nothing.
+    fn drop(&mut self) {
+        if self.shim_alive() {
+            let _ = self.delete();
+            if let Some(c) = self.client.as_ref() {
+                let mut req = ShutdownRequest::new();
+                req.id = self.id.clone();
+                req.now = true;
+                let _ = c.shutdown(ctx(), &req);
+            }
+            if !self.wait_shim_gone() {
+                if let Some(pid) = self.shim_pid {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        for d in self.cgroup_dirs() {
+            if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                for p in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::SIGKILL,
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = std::fs::remove_dir(&d);
+        }
+        let rootfs = self.bundle().join("rootfs");
+        while nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+        // The shared parent goes once the last test is done with it (busy until then).
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_dir(e.path().join(CGROUP_PARENT));
+            }
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(CGROUP_PARENT));
+    }
+}
+
+fn status_code(e: &ttrpc::Error) -> Option<Code> {
+    match e {
+        ttrpc::Error::RpcStatus(s) => Some(s.code()),
+        _ => None,
+    }
+}
+
+fn check_record(line: &str, stream: &str, tag: &str, text: &str) {
+    let mut parts = line.splitn(4, ' ');
+    let ts = parts.next().unwrap_or_default();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(ts).is_ok() && ts.ends_with('Z'),
+        "bad timestamp in {line:?}"
+    );
+    assert_eq!(parts.next(), Some(stream), "{line:?}");
+    assert_eq!(parts.next(), Some(tag), "{line:?}");
+    assert_eq!(parts.next(), Some(text), "{line:?}");
+}
+
+#[test]
+fn exit_code_logs_delete_and_shutdown() -> Result<()> {
+    let script = "echo out-line; echo err-line >&2; printf '%040000d\\n' 0; \
+                  printf 'no newline'; exit 3";
+    let mut f = Fixture::new("exit", &["sh", "-c", script], true, None)?;
+    f.start_shim()?;
+    // The `start` process has exited; the daemon lives on in its own session.
+    assert!(f.shim_alive());
+    let shim_pid = f.shim_pid.context("no shim pid")?;
+    assert_eq!(
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(shim_pid)))?.as_raw(),
+        shim_pid
+    );
+
+    let pid = f.create_and_start()?;
+    assert!(f.rootfs_mounted()?);
+    assert!(!f.cgroup_dirs().is_empty(), "container cgroup not created");
+    // Several concurrent waits all return.
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let id = f.id.clone();
+            let socket = f.bundle().join("shim.sock");
+            std::thread::spawn(move || -> Result<u32> {
+                let c = TaskClient::new(ttrpc::Client::connect(&format!(
+                    "unix://{}",
+                    socket.display()
+                ))?);
+                let mut req = WaitRequest::new();
+                req.id = id;
+                Ok(c.wait(ctx(), &req)?.exit_status)
+            })
+        })
+        .collect();
+    assert_eq!(f.wait()?, 3);
+    for w in waiters {
+        assert_eq!(
+            w.join().map_err(|_| anyhow::anyhow!("waiter panicked"))??,
+            3
+        );
+    }
+
+    let log = f.log()?;
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 6, "{log}");
+    let find = |s: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(s))
+            .copied()
+            .unwrap_or_default()
+    };
+    check_record(find("out-line"), "stdout", "F", "out-line");
+    check_record(find("err-line"), "stderr", "F", "err-line");
+    check_record(find("no newline"), "stdout", "P", "no newline");
+    // A 40000-byte line: two 16 KiB partial records, then the rest as the full one.
+    let long: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| {
+            l.splitn(4, ' ')
+                .nth(3)
+                .is_some_and(|t| t.starts_with("0000"))
+        })
+        .collect();
+    assert_eq!(long.len(), 3, "{log}");
+    check_record(long[0], "stdout", "P", &"0".repeat(16384));
+    check_record(long[1], "stdout", "P", &"0".repeat(16384));
+    check_record(long[2], "stdout", "F", &"0".repeat(40000 - 2 * 16384));
+
+    let mut req = StateRequest::new();
+    req.id = f.id.clone();
+    let st = f.client()?.state(ctx(), &req)?;
+    assert_eq!(st.status.enum_value(), Ok(Status::STOPPED));
+    assert_eq!((st.pid, st.exit_status), (pid, 3));
+    assert!(st.exited_at.is_some());
+
+    // Killing an exited container is fine.
+    let mut kill = KillRequest::new();
+    kill.id = f.id.clone();
+    kill.signal = 9;
+    f.client()?.kill(ctx(), &kill)?;
+
+    assert_eq!(f.delete()?, 3);
+    assert!(!f.rootfs_mounted()?, "rootfs still mounted after delete");
+    assert!(
+        f.cgroup_dirs().is_empty(),
+        "cgroup left: {:?}",
+        f.cgroup_dirs()
+    );
+    assert!(!f.bundle().join("runtime").join(&f.id).exists());
+    assert_eq!(f.delete()?, 3, "delete is idempotent");
+
+    f.shutdown()?;
+    assert!(f.wait_shim_gone(), "shim still running after shutdown");
+    assert!(!f.bundle().join("shim.sock").exists());
+    Ok(())
+}
+
+#[test]
+fn sigterm_gives_143_and_memory_is_small() -> Result<()> {
+    // No pid namespace: as pid 1 of its own namespace `sleep` would ignore SIGTERM.
+    let mut f = Fixture::new("term", &["sleep", "1000"], false, None)?;
+    f.start_shim()?;
+    let pid = f.create_and_start()?;
+
+    let mut req = PidsRequest::new();
+    req.id = f.id.clone();
+    let pids = f.client()?.pids(ctx(), &req)?;
+    assert!(
+        pids.processes.iter().any(|p| p.pid == pid),
+        "{:?}",
+        pids.processes
+    );
+
+    let mut req = StateRequest::new();
+    req.id = f.id.clone();
+    assert_eq!(
+        f.client()?.state(ctx(), &req)?.status.enum_value(),
+        Ok(Status::RUNNING)
+    );
+
+    let shim_pid = f.shim_pid.context("no shim pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{shim_pid}/status"))?;
+    let rollup = std::fs::read_to_string(format!("/proc/{shim_pid}/smaps_rollup"))?;
+    let field = |text: &str, key: &str| -> String {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_default();
+        line.split_whitespace().nth(1).unwrap_or("?").to_string()
+    };
+    eprintln!(
+        "berth-shim serving one running container: VmRSS {} kB (RssAnon {} kB, RssFile {} kB), \
+         Pss {} kB, threads {}",
+        field(&status, "VmRSS:"),
+        field(&status, "RssAnon:"),
+        field(&status, "RssFile:"),
+        field(&rollup, "Pss:"),
+        field(&status, "Threads:")
+    );
+    // BERTH_SHIM_HOLD=1: keep the shim serving for a minute to inspect /proc/<pid>/smaps.
+    if std::env::var_os("BERTH_SHIM_HOLD").is_some() {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+
+    // update: resources are OCI LinuxResources JSON in the Any, as containerd sends them.
+    let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
+    any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+    any.value = serde_json::to_vec(&json!({"memory": {"limit": 64 * 1024 * 1024}}))?;
+    let mut req = UpdateTaskRequest::new();
+    req.id = f.id.clone();
+    req.resources = Some(any).into();
+    f.client()?.update(ctx(), &req)?;
+    let v1 = Path::new("/sys/fs/cgroup/memory")
+        .join(CGROUP_PARENT)
+        .join(&f.id);
+    let limit = if v1.exists() {
+        std::fs::read_to_string(v1.join("memory.limit_in_bytes"))?
+    } else {
+        let v2 = Path::new("/sys/fs/cgroup").join(CGROUP_PARENT).join(&f.id);
+        std::fs::read_to_string(v2.join("memory.max"))?
+    };
+    assert_eq!(limit.trim(), (64 * 1024 * 1024).to_string());
+
+    let mut kill = KillRequest::new();
+    kill.id = f.id.clone();
+    kill.signal = 15;
+    f.client()?.kill(ctx(), &kill)?;
+    assert_eq!(f.wait()?, 143);
+    assert_eq!(f.delete()?, 143);
+    f.shutdown()?;
+    assert!(f.wait_shim_gone());
+    Ok(())
+}
+
+#[test]
+fn user_annotation_resolves_in_image() -> Result<()> {
+    // Also checks the container does not inherit the shim's ignored SIGPIPE.
+    let script = "id -u; id -G; grep SigIgn /proc/self/status; yes | head -n 1";
+    let mut f = Fixture::new("user", &["sh", "-c", script], true, Some("app"))?;
+    f.start_shim()?;
+    f.create_and_start()?;
+    assert_eq!(f.wait()?, 0);
+    let log = f.log()?;
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    check_record(lines[0], "stdout", "F", "1000");
+    check_record(lines[1], "stdout", "F", "1000 2000");
+    let sig_ign = lines[2].rsplit('\t').next().unwrap_or_default();
+    let sig_ign = u64::from_str_radix(sig_ign, 16).with_context(|| lines[2].to_string())?;
+    assert_eq!(
+        sig_ign & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "SIGPIPE ignored: {}",
+        lines[2]
+    );
+    check_record(lines[3], "stdout", "F", "y");
+    f.delete()?;
+    f.shutdown()?;
+    assert!(f.wait_shim_gone());
+    Ok(())
+}
+
+#[test]
+fn unknown_user_and_tty_are_rejected() -> Result<()> {
+    let mut f = Fixture::new("nouser", &["id"], true, Some("nobody"))?;
+    f.start_shim()?;
+    let c = f.client()?;
+
+    let mut tty = f.create_request();
+    tty.terminal = true;
+    let e = c
+        .create(ctx(), &tty)
+        .err()
+        .context("tty create succeeded")?;
+    assert_eq!(status_code(&e), Some(Code::INVALID_ARGUMENT));
+    assert!(e.to_string().contains("tty is not supported yet"), "{e}");
+
+    let e = c
+        .create(ctx(), &f.create_request())
+        .err()
+        .context("create succeeded")?;
+    assert_eq!(status_code(&e), Some(Code::INVALID_ARGUMENT));
+    assert!(
+        e.to_string()
+            .contains("user nobody not found in /etc/passwd of the image"),
+        "{e}"
+    );
+    assert!(
+        !f.rootfs_mounted()?,
+        "failed create left the rootfs mounted"
+    );
+    assert!(f.cgroup_dirs().is_empty());
+
+    let mut req = StateRequest::new();
+    req.id = f.id.clone();
+    let e = c
+        .state(ctx(), &req)
+        .err()
+        .context("state of nothing succeeded")?;
+    assert_eq!(status_code(&e), Some(Code::NOT_FOUND));
+
+    f.shutdown()?;
+    assert!(f.wait_shim_gone());
+    Ok(())
+}
+
+#[test]
+fn delete_kills_running_and_created_containers() -> Result<()> {
+    let mut f = Fixture::new("del", &["sleep", "1000"], true, None)?;
+    f.start_shim()?;
+    f.create_and_start()?;
+    // Delete without kill first: SIGKILL, reaped, 128 + 9.
+    assert_eq!(f.delete()?, 137);
+    assert!(!f.rootfs_mounted()?);
+    assert!(
+        f.cgroup_dirs().is_empty(),
+        "cgroup left: {:?}",
+        f.cgroup_dirs()
+    );
+    f.shutdown()?;
+    assert!(f.wait_shim_gone());
+
+    // Created but never started.
+    let mut g = Fixture::new("delc", &["sleep", "1000"], true, None)?;
+    g.start_shim()?;
+    let c = g.client()?;
+    let pid = c.create(ctx(), &g.create_request())?.pid;
+    let mut req = StateRequest::new();
+    req.id = g.id.clone();
+    let st = c.state(ctx(), &req)?;
+    assert_eq!((st.status.enum_value(), st.pid), (Ok(Status::CREATED), pid));
+    // A live container keeps the shim up on a plain shutdown.
+    g.shutdown()?;
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(g.shim_alive());
+    assert_eq!(g.delete()?, 137);
+    assert!(!g.rootfs_mounted()?);
+    assert!(
+        g.cgroup_dirs().is_empty(),
+        "cgroup left: {:?}",
+        g.cgroup_dirs()
+    );
+    g.shutdown()?;
+    assert!(g.wait_shim_gone());
+    Ok(())
+}
