@@ -4,6 +4,8 @@
 //! - `berth-shim start --id <ID> --bundle <DIR>`: launch the daemon, print its socket path.
 //! - `berth-shim serve --id <ID> --bundle <DIR>`: the daemon itself.
 //! - `berth-shim create-helper --id <ID> --bundle <DIR>`: internal, see `helper.rs`.
+//! - `berth-shim pod-init --id <SANDBOX> --bundle <SANDBOX DIR>`: a pod's PID namespace init,
+//!   see `pod_init.rs`.
 //!
 //! No async runtime: a sync ttrpc server, std threads and blocking I/O keep the resident set
 //! of a per-container process small.
@@ -14,6 +16,7 @@ mod error;
 mod executor;
 mod helper;
 mod log;
+mod pod_init;
 mod reaper;
 mod serve;
 mod service;
@@ -37,15 +40,17 @@ enum Command {
     Start,
     Serve,
     CreateHelper,
+    PodInit,
 }
 
-const USAGE: &str = "usage: berth-shim start|serve --id <ID> --bundle <DIR>";
+const USAGE: &str = "usage: berth-shim start|serve|pod-init --id <ID> --bundle <DIR>";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let command = match args.first().map(String::as_str) {
         Some("start") => Command::Start,
         Some("serve") => Command::Serve,
         Some("create-helper") => Command::CreateHelper,
+        Some("pod-init") => Command::PodInit,
         _ => return Err(USAGE.to_string()),
     };
     let (mut id, mut bundle) = (None, None);
@@ -101,6 +106,8 @@ fn main() -> ExitCode {
     let res = match args.command {
         Command::Start => start::run(&args.id, &bundle),
         Command::Serve => serve::run(&args.id, &bundle),
+        // The sandbox dir is only named (on the command line, to find leaked holders).
+        Command::PodInit => pod_init::run(),
         Command::CreateHelper => {
             // Its stdout/stderr are the container's: it reports on fd 3 and prints nothing.
             let ok = helper::run(&args.id, &bundle);
@@ -114,7 +121,11 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
-            eprintln!("berth-shim: container {}: {msg}", args.id);
+            let what = match args.command {
+                Command::PodInit => "pod sandbox",
+                _ => "container",
+            };
+            eprintln!("berth-shim: {what} {}: {msg}", args.id);
             ExitCode::FAILURE
         }
     }
@@ -143,5 +154,9 @@ mod tests {
         assert!(parse_args(&v(&["run", "--id", "c1", "--bundle", "/b"])).is_err());
         assert!(parse_args(&v(&["start", "--id", "c1", "--bundle", "/b", "--x", "1"])).is_err());
         assert!(parse_args(&v(&["start", "--id"])).is_err());
+        assert_eq!(
+            parse_args(&v(&["pod-init", "--id", "p1", "--bundle", "/s/p1"])).map(|a| a.command),
+            Ok(Command::PodInit)
+        );
     }
 }

@@ -156,6 +156,21 @@ async fn error_codes() -> anyhow::Result<()> {
         "RunPodSandbox without config: {r:?}"
     );
 
+    // A runtime handler berth does not serve.
+    let mut other = pod.clone();
+    if let Some(m) = other.metadata.as_mut() {
+        m.name = "errors-handler".into();
+    }
+    let r = rt
+        .run_pod_sandbox(k::RunPodSandboxRequest {
+            config: Some(other),
+            runtime_handler: "kata".into(),
+        })
+        .await;
+    assert_eq!(code(&r), Code::InvalidArgument, "unknown handler: {r:?}");
+    let message = r.err().map(|s| s.message().to_string()).unwrap_or_default();
+    assert!(message.contains("kata"), "message names the handler: {message}");
+
     // The same pod (name, namespace, uid, attempt) twice.
     let r = rt
         .run_pod_sandbox(k::RunPodSandboxRequest {

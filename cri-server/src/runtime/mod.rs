@@ -21,7 +21,13 @@ pub struct RuntimeHandlers {
     sandboxes: Arc<SandboxManager>,
     containers: Arc<ContainerManager>,
     sandbox_stop_timeout_secs: i64,
+    /// The effective configuration, as JSON, for `crictl info`.
+    config_json: String,
 }
+
+/// Runtime handlers berth serves: the default (empty name) and its own name. Both run containers with
+/// berth-shim; handlers naming other OCI runtimes come later.
+const RUNTIME_HANDLERS: [&str; 2] = ["", "berth"];
 
 impl RuntimeHandlers {
     /// Builds the handlers, recovering sandboxes and containers left by a previous berthd.
@@ -30,10 +36,13 @@ impl RuntimeHandlers {
         let containers = Arc::new(ContainerManager::open(config, images, sandboxes.clone()).await?);
         let sandbox_stop_timeout_secs =
             i64::try_from(config.runtime.sandbox_stop_timeout_secs).unwrap_or(i64::MAX);
+        let config_json = serde_json::to_string(config)
+            .map_err(|e| Error::Internal(format!("encoding the configuration: {e}")))?;
         Ok(Self {
             sandboxes,
             containers,
             sandbox_stop_timeout_secs,
+            config_json,
         })
     }
 }
@@ -81,6 +90,13 @@ impl RuntimeService for RuntimeHandlers {
         request: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
         let req = request.into_inner();
+        if !RUNTIME_HANDLERS.contains(&req.runtime_handler.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "runtime handler {:?} is not configured; berth serves the default handler (\"\" or \"berth\")",
+                req.runtime_handler
+            ))
+            .into());
+        }
         Ok(Response::new(self.sandboxes.run(req).await?))
     }
 
@@ -295,16 +311,25 @@ impl RuntimeService for RuntimeHandlers {
         };
         let mut info = std::collections::HashMap::new();
         if req.verbose {
-            info.insert(
-                "config".to_string(),
-                serde_json::json!({ "runtime": "berth", "version": env!("CARGO_PKG_VERSION") })
-                    .to_string(),
-            );
+            info.insert("config".to_string(), self.config_json.clone());
         }
+        let runtime_handlers = RUNTIME_HANDLERS
+            .iter()
+            .map(|name| RuntimeHandler {
+                name: (*name).to_string(),
+                features: Some(RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            })
+            .collect();
         Ok(Response::new(StatusResponse {
             status: Some(status),
             info,
-            ..Default::default()
+            runtime_handlers,
+            features: Some(RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
         }))
     }
 
