@@ -425,3 +425,50 @@ async fn concurrent_pulls_tag_moves_and_shared_layers() {
     assert!(images.list().is_empty());
     assert!(images.content().list().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_frees_what_an_interrupted_pull_left() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    let images = ImageManager::open(&config).await.unwrap();
+
+    // What a pull that died after fetching a layer and unpacking it leaves: a blob and a committed chain
+    // that no image record names.
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(5);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    layer
+        .append_data(&mut header, "orphan", b"bytes".as_slice())
+        .unwrap();
+    let layer = layer.into_inner().unwrap();
+    let digest = sha256(&layer);
+    let mut writer = images
+        .content()
+        .writer(&digest, Some(layer.len() as u64))
+        .unwrap();
+    writer.write_all(&layer).unwrap();
+    writer.commit().unwrap();
+    let blob = images.content().blob_path(&digest).unwrap();
+    let chain = images
+        .snapshotter()
+        .unpack_layer(None, &blob, snapshotter::Compression::None, &digest)
+        .unwrap();
+    assert!(images.snapshotter().has_committed(&chain));
+    drop(images);
+
+    let reopened = ImageManager::open(&config).await.unwrap();
+    assert!(
+        !reopened.content().contains(&digest),
+        "orphan blob survived start-up"
+    );
+    assert!(
+        !reopened.snapshotter().has_committed(&chain),
+        "orphan layer survived start-up"
+    );
+}

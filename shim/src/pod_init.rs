@@ -21,8 +21,7 @@ use nix::unistd::{fork, setsid, ForkResult, Pid};
 
 /// Runs `pod-init`: returns once the namespace's init is running (its host pid is on stdout).
 pub fn run() -> Result<(), String> {
-    unshare(CloneFlags::CLONE_NEWPID)
-        .map_err(|e| format!("unshare a PID namespace: {e}"))?;
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare a PID namespace: {e}"))?;
     // SAFETY: `pod-init` is single-threaded (nothing but main has run), so the child may do
     // anything the parent could; it never returns into the caller's code (see `init_main`).
     match unsafe { fork() } {
@@ -58,7 +57,11 @@ fn init_main() -> i32 {
     // an ancestor namespace), so each waited signal gets a handler; they stay blocked and are
     // taken with sigwait, so the handler never actually runs.
     let set = waited_signals();
-    let action = SigAction::new(SigHandler::Handler(ignore), SaFlags::empty(), SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(ignore),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
     for sig in set.iter() {
         // SAFETY: `ignore` does nothing, so it is async-signal-safe.
         if unsafe { sigaction(sig, &action) }.is_err() {
@@ -137,6 +140,20 @@ mod tests {
         false
     }
 
+    /// Runs `cmd` and returns its stdout. The exit status is not looked at: the reaper test's
+    /// thread (same test process) may reap any child first.
+    fn stdout_of(mut cmd: Command) -> String {
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+        let _ = child.wait();
+        out
+    }
+
     struct KillOnDrop(i32);
 
     impl Drop for KillOnDrop {
@@ -165,13 +182,10 @@ mod tests {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(shim)
-            .args(["pod-init", "--id", "p1", "--bundle"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let mut cmd = Command::new(shim);
+        cmd.args(["pod-init", "--id", "p1", "--bundle"])
+            .arg(dir.path());
+        let pid: i32 = stdout_of(cmd).trim().parse().unwrap();
         let _guard = KillOnDrop(pid);
         let host_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
         let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
@@ -183,14 +197,15 @@ mod tests {
         assert!(String::from_utf8_lossy(&cmdline).contains("pod-init"));
 
         // An orphan in the namespace is reaped by the init, not left a zombie.
-        let orphan = Command::new("nsenter")
-            .arg(format!("--pid=/proc/{pid}/ns/pid"))
-            .args(["--", "/bin/busybox", "sh", "-c", "sleep 0.2 & echo $!"])
-            .output()
-            .unwrap();
-        assert!(orphan.status.success(), "{orphan:?}");
-        let line = String::from_utf8_lossy(&orphan.stdout).trim().to_string();
-        assert!(!line.is_empty());
+        let mut orphan = Command::new("nsenter");
+        orphan.arg(format!("--pid=/proc/{pid}/ns/pid")).args([
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "sleep 0.2 & echo $!",
+        ]);
+        assert!(!stdout_of(orphan).trim().is_empty());
         std::thread::sleep(Duration::from_millis(600));
         let zombies: Vec<String> = std::fs::read_dir("/proc")
             .unwrap()

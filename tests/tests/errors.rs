@@ -169,7 +169,10 @@ async fn error_codes() -> anyhow::Result<()> {
         .await;
     assert_eq!(code(&r), Code::InvalidArgument, "unknown handler: {r:?}");
     let message = r.err().map(|s| s.message().to_string()).unwrap_or_default();
-    assert!(message.contains("kata"), "message names the handler: {message}");
+    assert!(
+        message.contains("kata"),
+        "message names the handler: {message}"
+    );
 
     // The same pod (name, namespace, uid, attempt) twice.
     let r = rt

@@ -29,16 +29,26 @@ async fn status_runtime_config_and_list_filters() -> anyhow::Result<()> {
         );
     }
     // Verbose status: the effective config for `crictl info`, and the handlers berth serves.
-    let verbose = rt.status(k::StatusRequest { verbose: true }).await?.into_inner();
+    let verbose = rt
+        .status(k::StatusRequest { verbose: true })
+        .await?
+        .into_inner();
     let config_json: serde_json::Value = serde_json::from_str(
-        verbose.info.get("config").context("verbose Status without config")?,
+        verbose
+            .info
+            .get("config")
+            .context("verbose Status without config")?,
     )?;
     assert_eq!(
         config_json["socket"].as_str(),
         Some(d.socket().to_string_lossy().as_ref()),
         "config in Status info: {config_json}"
     );
-    let handlers: Vec<_> = verbose.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    let handlers: Vec<_> = verbose
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
     assert_eq!(handlers, ["", "berth"], "runtime handlers");
 
     let config = rt

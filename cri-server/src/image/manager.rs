@@ -40,13 +40,13 @@ pub struct ImageFsUsage {
 }
 
 impl ImageManager {
-    /// Opens the stores under `config.root` and loads the image records.
+    /// Opens the stores under `config.root`, loads the image records, and frees what interrupted pulls left.
     pub async fn open(config: &Config) -> Result<Self> {
         let content = ContentStore::open(config.root.join("content"))?;
         let snapshots_dir = config.root.join("snapshots");
         let snapshotter = Arc::new(Snapshotter::open(&snapshots_dir)?);
         let records = ImageStore::open(config.root.join("store").join("images"))?;
-        Ok(Self {
+        let manager = Self {
             content,
             snapshotter,
             records,
@@ -58,12 +58,33 @@ impl ImageManager {
             blob_locks: KeyedLocks::default(),
             gate: GcGate::default(),
             leases: Arc::new(Leases::default()),
-        })
+        };
+        // Blobs and layers of pulls that a crash or an error interrupted belong to no image: free them now.
+        if let Err(err) = manager.collect_garbage().await {
+            tracing::warn!(%err, "garbage collection at start-up failed; continuing");
+        }
+        Ok(manager)
     }
 
     /// Finds an image by id (`sha256:…`, bare hex or a unique id prefix), tag or digest reference.
     pub fn resolve(&self, reference: &str) -> Result<ImageRecord> {
         self.records.resolve(reference)
+    }
+
+    /// Prepares the writable snapshot `key` on the committed chain `parent` (a container's rootfs). Holds the
+    /// GC gate's shared side, so a concurrent garbage collection cannot remove the parent chain mid-way.
+    pub async fn prepare_snapshot(
+        &self,
+        key: String,
+        parent: Option<String>,
+    ) -> Result<Vec<snapshotter::Mount>> {
+        let _shared = self.gate.read().await;
+        let snapshotter = self.snapshotter.clone();
+        let what = format!("snapshot {key:?}");
+        tokio::task::spawn_blocking(move || snapshotter.prepare(&key, parent.as_deref()))
+            .await
+            .map_err(|e| Error::Internal(format!("{what}: prepare task failed: {e}")))?
+            .map_err(Error::from)
     }
 
     /// The snapshotter containers' root filesystems are prepared with.

@@ -3,11 +3,14 @@
 //! A sandbox has no pause process: its namespaces are pinned by bind mounts under
 //! `<state>/sandboxes/<id>/ns/`, its /dev/shm is a tmpfs at `<state>/sandboxes/<id>/shm`, and its record
 //! (`<root>/store/sandboxes/<id>.json`) holds everything needed to tear it down, including the CNI
-//! configuration and result used for ADD.
+//! configuration and result used for ADD. The one exception is a PID namespace shared by the pod
+//! (NamespaceMode::POD): it needs a living pid 1, a `berth-shim pod-init` process (see `pid_holder.rs`),
+//! and is pinned at `ns/pid` as well.
 
 pub mod cgroup;
 mod files;
 mod namespaces;
+mod pid_holder;
 mod record;
 
 use std::collections::HashMap;
@@ -89,6 +92,8 @@ pub struct SandboxManager {
     network: Arc<Network>,
     cgroups: std::result::Result<Arc<CgroupLayout>, String>,
     index: std::sync::Mutex<Index>,
+    /// berth-shim, whose `pod-init` holds shared PID namespaces.
+    shim_binary: PathBuf,
 }
 
 impl SandboxManager {
@@ -107,7 +112,7 @@ impl SandboxManager {
             let mut records = loader.load_all()?;
             for rec in &mut records {
                 if rec.state == State::Ready && !intact(rec) {
-                    tracing::warn!(sandbox = %rec.id, "pod namespaces or shm are gone (reboot?): sandbox is NOTREADY");
+                    tracing::warn!(sandbox = %rec.id, "pod namespaces, PID namespace init or shm are gone (reboot?): sandbox is NOTREADY");
                     rec.state = State::NotReady;
                     loader.put(&rec.id, rec)?;
                 }
@@ -129,6 +134,9 @@ impl SandboxManager {
             network: Arc::new(Network::new(config)),
             cgroups,
             index: std::sync::Mutex::new(index),
+            shim_binary: crate::runtime::container::shim_client::shim_binary(
+                &config.runtime.shim_path,
+            ),
         })
     }
 
@@ -244,6 +252,7 @@ impl SandboxManager {
         ns: namespaces::NsRequest,
         layout: Arc<CgroupLayout>,
     ) -> Result<()> {
+        let share_pid = ns.pid;
         let mut host_side = rec.clone();
         let (host_side, res) = blocking(move || {
             let res = setup_host(&mut host_side, &dns, &ns, &layout);
@@ -253,6 +262,9 @@ impl SandboxManager {
         *rec = host_side;
         res?;
         self.persist(rec).await?;
+        if share_pid {
+            self.start_pid_holder(rec).await?;
+        }
 
         if let Some(netns) = rec.netns_path.clone() {
             let network = self.network.clone();
@@ -291,6 +303,27 @@ impl SandboxManager {
         rec.state = State::Ready;
         rec.setup_complete = true;
         self.persist(rec).await
+    }
+
+    /// Starts the init of the pod's shared PID namespace and pins the namespace at `<dir>/ns/pid`. The
+    /// holder is persisted before pinning, so that a crash from then on leaves it to RemovePodSandbox.
+    async fn start_pid_holder(&self, rec: &mut SandboxRecord) -> Result<()> {
+        let (shim, id, dir) = (self.shim_binary.clone(), rec.id.clone(), rec.dir.clone());
+        let holder = blocking(move || pid_holder::spawn(&shim, &id, &dir)).await?;
+        rec.pid_holder = Some(holder);
+        self.persist(rec).await?;
+        let ns_dir = rec.dir.join("ns");
+        let pin = ns_dir.join("pid");
+        let target = pin.clone();
+        blocking(move || {
+            std::fs::create_dir_all(&ns_dir)
+                .map_err(|e| Error::io(format!("creating {}", ns_dir.display()), e))?;
+            holder.pin(&target)
+        })
+        .await?;
+        rec.pid_ns_path = Some(pin);
+        tracing::info!(pid = holder.pid, "pod PID namespace init started");
+        Ok(())
     }
 
     /// StopPodSandbox, after the pod's containers are stopped: CNI DEL (port mappings and the pod IP are
@@ -511,11 +544,7 @@ fn sandbox_info(rec: &SandboxRecord) -> SandboxInfo {
         netns_path: rec.netns_path.clone(),
         ipc_ns_path: rec.ipc_ns_path.clone(),
         uts_ns_path: rec.uts_ns_path.clone(),
-        pid_namespace: if rec.pid_mode == NamespaceMode::Node as i32 {
-            PidNamespace::Host
-        } else {
-            PidNamespace::PerContainer
-        },
+        pid_namespace: pid_namespace(rec),
         cgroup_path: rec.cgroup_path.clone(),
         log_directory: rec.log_directory.clone(),
         hostname_file: rec.dir.join("hostname"),
@@ -523,6 +552,15 @@ fn sandbox_info(rec: &SandboxRecord) -> SandboxInfo {
         resolv_conf_file: Some(rec.dir.join("resolv.conf")),
         shm_path: rec.shm_path.clone(),
         sysctls: rec.sysctls.clone(),
+    }
+}
+
+/// How the pod's containers get their PID namespace.
+fn pid_namespace(rec: &SandboxRecord) -> PidNamespace {
+    match (NamespaceMode::try_from(rec.pid_mode), &rec.pid_ns_path) {
+        (Ok(NamespaceMode::Node), _) => PidNamespace::Host,
+        (Ok(NamespaceMode::Pod), Some(pin)) => PidNamespace::Pod(pin.clone()),
+        _ => PidNamespace::PerContainer,
     }
 }
 
@@ -577,19 +615,15 @@ impl Plan {
         };
         let own_net = own(network_mode, "network")?;
         let own_ipc = own(ipc_mode, "IPC")?;
-        match NamespaceMode::try_from(pid_mode) {
-            Ok(NamespaceMode::Container | NamespaceMode::Node) => {}
-            Ok(NamespaceMode::Pod) => {
-                return Err(invalid(
-                    "sharing a PID namespace across a pod is not supported yet",
-                ));
-            }
+        let share_pid = match NamespaceMode::try_from(pid_mode) {
+            Ok(NamespaceMode::Container | NamespaceMode::Node) => false,
+            Ok(NamespaceMode::Pod) => true,
             _ => {
                 return Err(Error::InvalidArgument(format!(
                     "PID namespace mode {pid_mode} is not supported for a pod"
                 )))
             }
-        }
+        };
 
         let hostname = if own_net {
             if config.hostname.is_empty() {
@@ -657,6 +691,7 @@ impl Plan {
             net: own_net,
             ipc: own_ipc,
             uts_hostname: own_net.then(|| hostname.clone()),
+            pid: share_pid,
         };
         let record = SandboxRecord {
             dir: sandboxes_dir.join(&id),
@@ -679,6 +714,8 @@ impl Plan {
             netns_path: None,
             ipc_ns_path: None,
             uts_ns_path: None,
+            pid_ns_path: None,
+            pid_holder: None,
             shm_path: None,
             cgroup_path,
             cgroup_created: Vec::new(),
@@ -759,17 +796,29 @@ fn detach_network(rec: &mut SandboxRecord, network: &Network) -> Result<()> {
     Ok(())
 }
 
-/// Undoes everything a sandbox owns on the node: CNI, namespace pins, shm, cgroup, its directory.
-/// Idempotent; stops at the first failure so that nothing still mounted is deleted. Blocking.
+/// Undoes everything a sandbox owns on the node: CNI, the PID namespace init (and with it whatever still
+/// runs in that namespace), namespace pins, shm, cgroup, its directory. Idempotent; stops at the first
+/// failure so that nothing still mounted is deleted. Blocking.
 fn teardown(
     rec: &mut SandboxRecord,
     network: &Network,
     layout: Option<&CgroupLayout>,
 ) -> Result<()> {
     detach_network(rec, network)?;
-    for pin in [&rec.netns_path, &rec.ipc_ns_path, &rec.uts_ns_path]
-        .into_iter()
-        .flatten()
+    if let Some(holder) = rec.pid_holder {
+        holder.kill()?;
+        rec.pid_holder = None;
+    }
+    // Also a pin file left behind by a failed setup.
+    namespaces::unpin(&rec.dir.join("ns").join("pid"))?;
+    for pin in [
+        &rec.netns_path,
+        &rec.ipc_ns_path,
+        &rec.uts_ns_path,
+        &rec.pid_ns_path,
+    ]
+    .into_iter()
+    .flatten()
     {
         namespaces::unpin(pin)?;
     }
@@ -801,17 +850,28 @@ fn busy_parents(rec: &SandboxRecord, layout: &CgroupLayout) -> Vec<String> {
         .collect()
 }
 
-/// Whether a READY sandbox still has its namespaces and shm (they vanish with a reboot: /run is tmpfs).
+/// Whether a READY sandbox still has its namespaces, its PID namespace init and shm (they vanish with a
+/// reboot: /run is tmpfs; the init may also have been killed).
 fn intact(rec: &SandboxRecord) -> bool {
-    let pins_ok = [&rec.netns_path, &rec.ipc_ns_path, &rec.uts_ns_path]
-        .into_iter()
-        .flatten()
-        .all(|p| namespaces::is_pinned(p));
+    let holder_ok = match (NamespaceMode::try_from(rec.pid_mode), rec.pid_holder) {
+        (_, Some(holder)) => holder.is_alive(),
+        (Ok(NamespaceMode::Pod), None) => false,
+        _ => true,
+    };
+    let pins_ok = [
+        &rec.netns_path,
+        &rec.ipc_ns_path,
+        &rec.uts_ns_path,
+        &rec.pid_ns_path,
+    ]
+    .into_iter()
+    .flatten()
+    .all(|p| namespaces::is_pinned(p));
     let shm_ok = rec.shm_path.as_ref().is_none_or(|p| {
         nix::sys::statfs::statfs(p)
             .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
     });
-    pins_ok && shm_ok
+    holder_ok && pins_ok && shm_ok
 }
 
 #[cfg(test)]
@@ -878,7 +938,8 @@ mod tests {
             namespaces::NsRequest {
                 net: true,
                 ipc: true,
-                uts_hostname: Some("web-host".into())
+                uts_hostname: Some("web-host".into()),
+                pid: false,
             }
         );
         let rec = plan.record;
@@ -907,17 +968,29 @@ mod tests {
     }
 
     #[test]
-    fn plan_rejects_bad_requests() {
+    fn plan_pod_pid_and_bad_requests() {
         let pod_pid = request(opts(
             NamespaceMode::Pod,
             NamespaceMode::Pod,
             NamespaceMode::Pod,
         ));
-        let err = Plan::from_request(pod_pid, Path::new("/s")).err().unwrap();
+        let plan = Plan::from_request(pod_pid, Path::new("/s")).unwrap();
+        assert!(plan.ns.pid, "NamespaceMode::POD shares a PID namespace");
+        assert_eq!(plan.record.pid_mode, NamespaceMode::Pod as i32);
+        // Until the namespace is pinned, containers get none of it.
+        assert_eq!(
+            sandbox_info(&plan.record).pid_namespace,
+            PidNamespace::PerContainer
+        );
+        let mut pinned = plan.record.clone();
+        pinned.pid_ns_path = Some(pinned.dir.join("ns/pid"));
+        assert_eq!(
+            sandbox_info(&pinned).pid_namespace,
+            PidNamespace::Pod(pinned.dir.join("ns/pid"))
+        );
         assert!(
-            err.to_string()
-                .contains("PID namespace across a pod is not supported"),
-            "{err}"
+            !intact(&plan.record),
+            "a POD-mode record without init is not intact"
         );
         let mut no_uid = request(None);
         if let Some(md) = no_uid.config.as_mut().and_then(|c| c.metadata.as_mut()) {

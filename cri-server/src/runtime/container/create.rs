@@ -177,12 +177,11 @@ pub(super) async fn create(mgr: &ContainerManager, req: CreateContainerRequest) 
             log_path::create_parent(path)?;
         }
 
-        let snap = mgr.images.snapshotter().clone();
-        let (key, parent) = (id.clone(), image.top_chain_id().map(str::to_string));
         undo.snapshot = true;
-        let rootfs = tokio::task::spawn_blocking(move || snap.prepare(&key, parent.as_deref()))
-            .await
-            .map_err(|e| Error::Internal(format!("container {id}: snapshot task: {e}")))??;
+        let rootfs = mgr
+            .images
+            .prepare_snapshot(id.clone(), image.top_chain_id().map(str::to_string))
+            .await?;
 
         let socket = start_shim(&mgr.shim_binary, &id, &bundle).await?;
         let shim = ShimClient::connect(&id, &socket).await?;

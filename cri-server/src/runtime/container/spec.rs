@@ -2,12 +2,13 @@
 //! image config and a few host facts the caller looked up (device numbers, cgroup version).
 //!
 //! Defaults follow containerd's CRI plugin: docker's 14 capabilities, containerd's masked and read-only
-//! paths, a deny-all device cgroup with the usual character devices allowed. Seccomp is left unconfined
-//! for now (no `linux.seccomp` in the spec) — a profile comes in a later change.
+//! paths, a deny-all device cgroup with the usual character devices allowed. Seccomp as containerd's
+//! CRI plugin picks it (see [`seccomp`]): RuntimeDefault, Localhost files, unconfined when unset.
 
 mod linux;
 mod mounts;
 mod process;
+pub mod seccomp;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -126,8 +127,20 @@ pub fn build_spec(input: &SpecInput<'_>) -> Result<Spec> {
     process.set_cwd(PathBuf::from(cwd));
     process.set_user(user);
     process.set_rlimits(None);
-    process.set_no_new_privileges(Some(sec.no_new_privs));
-    process.set_capabilities(Some(process::capabilities(&sec, input.host_capabilities)?));
+    // Absent rather than `false`: libcontainer loads the seccomp filter while it still holds
+    // CAP_SYS_ADMIN only when the field is absent, and after dropping capabilities otherwise —
+    // where loading fails without no_new_privs.
+    process.set_no_new_privileges(sec.no_new_privs.then_some(true));
+    let capabilities = process::capabilities(&sec, input.host_capabilities)?;
+    let seccomp =
+        seccomp::container_seccomp(&sec, &capabilities.bounding().clone().unwrap_or_default())
+            .map_err(|err| match err {
+                Error::InvalidArgument(m) => {
+                    Error::InvalidArgument(format!("container {name}: {m}"))
+                }
+                other => other,
+            })?;
+    process.set_capabilities(Some(capabilities));
     process.set_oom_score_adj(oom_score_adj(resources.oom_score_adj));
 
     let mut root = Root::default();
@@ -156,7 +169,7 @@ pub fn build_spec(input: &SpecInput<'_>) -> Result<Spec> {
         Some(input.sandbox.sysctls.clone())
     });
     linux.set_devices(linux::devices(input.devices));
-    linux.set_seccomp(None);
+    linux.set_seccomp(seccomp);
     if sec.privileged {
         linux.set_masked_paths(None);
         linux.set_readonly_paths(None);
@@ -819,6 +832,62 @@ mod tests {
         })
         .unwrap();
         assert!(ns_types(&spec).contains(&(LinuxNamespaceType::Cgroup, None)));
+    }
+
+    #[test]
+    fn seccomp_lands_in_the_spec() {
+        use k8s_cri::v1::{security_profile::ProfileType, SecurityProfile};
+        let sec = |profile_type: ProfileType, privileged: bool, add: &[&str]| {
+            with_sec(LinuxContainerSecurityContext {
+                seccomp: Some(SecurityProfile {
+                    profile_type: profile_type as i32,
+                    localhost_ref: String::new(),
+                }),
+                privileged,
+                capabilities: Some(CriCapability {
+                    add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        };
+        let seccomp_of = |c: &ContainerConfig| {
+            let spec = build(c, &sandbox(), &image()).unwrap();
+            spec.linux().as_ref().unwrap().seccomp().clone()
+        };
+        let mount_allowed = |c: &ContainerConfig| {
+            seccomp_of(c)
+                .unwrap()
+                .syscalls()
+                .iter()
+                .flatten()
+                .any(|s| s.names().iter().any(|n| n == "mount"))
+        };
+        assert!(!mount_allowed(&sec(
+            ProfileType::RuntimeDefault,
+            false,
+            &[]
+        )));
+        assert!(mount_allowed(&sec(
+            ProfileType::RuntimeDefault,
+            false,
+            &["SYS_ADMIN"]
+        )));
+        assert!(seccomp_of(&sec(ProfileType::Unconfined, false, &[])).is_none());
+        assert!(seccomp_of(&sec(ProfileType::RuntimeDefault, true, &[])).is_none());
+        let bad = with_sec(LinuxContainerSecurityContext {
+            seccomp: Some(SecurityProfile {
+                profile_type: ProfileType::Localhost as i32,
+                localhost_ref: "/nonexistent/berth-profile.json".into(),
+            }),
+            ..Default::default()
+        });
+        let err = build(&bad, &sandbox(), &image()).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(m)
+                if m.starts_with("container c: ") && m.contains("/nonexistent/berth-profile.json")),
+            "{err:?}"
+        );
     }
 
     #[test]

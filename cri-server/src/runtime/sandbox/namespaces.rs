@@ -17,6 +17,9 @@ pub struct NsRequest {
     pub ipc: bool,
     /// A UTS namespace with this hostname (not hostNetwork).
     pub uts_hostname: Option<String>,
+    /// A PID namespace shared by the pod's containers (NamespaceMode::POD). Not made here: it needs
+    /// a living init, see `pid_holder.rs`.
+    pub pid: bool,
 }
 
 /// Pinned namespaces, by pin path.
@@ -94,23 +97,28 @@ fn pin_on_this_thread(dir: &Path, req: &NsRequest) -> Result<NsPins> {
 
 fn pin(dir: &Path, kind: &str) -> Result<PathBuf> {
     let target = dir.join(kind);
-    std::fs::File::create(&target)
+    pin_file(Path::new(&format!("/proc/thread-self/ns/{kind}")), &target)?;
+    Ok(target)
+}
+
+/// Bind-mounts the namespace file `source` (e.g. `/proc/<pid>/ns/pid`) onto a new file `target`.
+pub fn pin_file(source: &Path, target: &Path) -> Result<()> {
+    std::fs::File::create(target)
         .map_err(|e| Error::io(format!("creating pin {}", target.display()), e))?;
-    let source = PathBuf::from(format!("/proc/thread-self/ns/{kind}"));
     if let Err(e) = mount(
-        Some(&source),
-        &target,
+        Some(source),
+        target,
         None::<&str>,
         MsFlags::MS_BIND,
         None::<&str>,
     ) {
-        let _ = std::fs::remove_file(&target);
+        let _ = std::fs::remove_file(target);
         return Err(Error::io(
-            format!("pinning {kind} namespace at {}", target.display()),
+            format!("pinning {} at {}", source.display(), target.display()),
             e.into(),
         ));
     }
-    Ok(target)
+    Ok(())
 }
 
 /// Sets `lo` up in the calling thread's network namespace (SIOCSIFFLAGS).
@@ -194,6 +202,7 @@ mod tests {
             net: true,
             ipc: true,
             uts_hostname: Some("pod-a".into()),
+            pid: false,
         };
         let pins = create_pinned(&dir.path().join("ns"), &req).unwrap();
         for (pin, host) in [(&pins.net, "net"), (&pins.ipc, "ipc"), (&pins.uts, "uts")] {

@@ -9,6 +9,7 @@ use k8s_cri::v1::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::pid_holder::Holder;
 use crate::network::{Attachment, PortMapping};
 
 /// Sandbox state as stored.
@@ -63,6 +64,12 @@ pub struct SandboxRecord {
     pub ipc_ns_path: Option<PathBuf>,
     /// Pinned UTS namespace.
     pub uts_ns_path: Option<PathBuf>,
+    /// Pinned PID namespace the pod's containers share (NamespaceMode::POD): `<dir>/ns/pid`.
+    #[serde(default)]
+    pub pid_ns_path: Option<PathBuf>,
+    /// The `berth-shim pod-init` process that is pid 1 of that namespace.
+    #[serde(default)]
+    pub pid_holder: Option<Holder>,
     /// Pod /dev/shm tmpfs.
     pub shm_path: Option<PathBuf>,
     /// Pod cgroup, relative to the cgroup root.
@@ -158,6 +165,7 @@ impl SandboxRecord {
             "netnsPath": self.netns_path,
             "ipcNsPath": self.ipc_ns_path,
             "utsNsPath": self.uts_ns_path,
+            "pidNsPath": self.pid_ns_path,
             "shmPath": self.shm_path,
             "cgroupPath": self.cgroup_path,
             "hostname": self.hostname,
@@ -226,6 +234,8 @@ pub(crate) mod tests {
             netns_path: None,
             ipc_ns_path: None,
             uts_ns_path: None,
+            pid_ns_path: None,
+            pid_holder: None,
             shm_path: None,
             cgroup_path: format!("/berth/berth-{id}"),
             cgroup_created: vec![],
