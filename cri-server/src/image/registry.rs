@@ -6,7 +6,7 @@ use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientP
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 
 use crate::error::{Error, Result};
 use crate::image::hosts::{RegistryHost, Scheme};
@@ -174,9 +174,12 @@ impl RegistryError {
         let at = host.url();
         match err {
             OciDistributionError::UnauthorizedError { url } => RegistryError::Unauthorized(url),
-            OciDistributionError::AuthenticationFailure(reason) => RegistryError::Unauthorized(
-                format!("{at}: token request rejected: {}", reason.trim()),
-            ),
+            OciDistributionError::AuthenticationFailure(reason) => {
+                RegistryError::Unauthorized(format!(
+                    "failed to authorize at {at}: token request refused: {}",
+                    truncate(reason.trim(), 200)
+                ))
+            }
             OciDistributionError::RegistryError { envelope, url } => {
                 let not_found = envelope.errors.iter().any(|e| {
                     matches!(
@@ -221,6 +224,19 @@ impl RegistryError {
     }
 }
 
+/// At most `max` bytes of `s` (on a char boundary), marked when cut: a token server's error body
+/// can be a whole HTML page.
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
@@ -241,6 +257,8 @@ pub struct HostClient {
     host: RegistryHost,
     registry: String,
     repository: String,
+    /// Set once the host's auth challenge has been answered (token fetched and cached).
+    authorized: tokio::sync::OnceCell<()>,
 }
 
 impl HostClient {
@@ -281,6 +299,7 @@ impl HostClient {
             host: host.clone(),
             registry: image.registry.clone(),
             repository: image.repository.clone(),
+            authorized: tokio::sync::OnceCell::new(),
         };
         Ok((this, auth))
     }
@@ -314,6 +333,29 @@ impl HostClient {
         reference
     }
 
+    /// Answers the host's auth challenge (bearer token request, or basic) once per client.
+    ///
+    /// oci-client would otherwise do this lazily and, when the token server refuses the request,
+    /// drop that error and go on anonymously: the pull then fails with a bare 401 on the manifest
+    /// that does not say the credentials were refused, and an unreachable token server looks
+    /// like bad credentials. Asking explicitly surfaces either failure as what it is.
+    async fn authorize(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+    ) -> std::result::Result<(), RegistryError> {
+        self.authorized
+            .get_or_try_init(|| async {
+                self.client
+                    .auth(reference, auth, RegistryOperation::Pull)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| RegistryError::classify(&self.host, e))
+            })
+            .await
+            .map(|_| ())
+    }
+
     /// Fetches a manifest by tag or digest: raw bytes (digest-verified) and its digest.
     pub async fn manifest(
         &self,
@@ -322,6 +364,7 @@ impl HostClient {
         digest: Option<&str>,
     ) -> std::result::Result<(Vec<u8>, String), RegistryError> {
         let reference = self.reference(tag, digest);
+        self.authorize(&reference, auth).await?;
         let (bytes, digest) = self
             .client
             .pull_manifest_raw(&reference, auth, ACCEPTED_MANIFEST_TYPES)
@@ -408,6 +451,13 @@ mod tests {
             auth: Auth::Bearer("s3cret".into()),
         };
         assert!(!format!("{secret:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn long_token_server_bodies_are_cut() {
+        assert_eq!(truncate("short", 200), "short");
+        let cut = truncate(&"é".repeat(150), 201);
+        assert!(cut.ends_with("...") && cut.len() <= 203, "{cut}");
     }
 
     #[test]
