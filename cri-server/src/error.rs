@@ -31,6 +31,9 @@ pub enum Error {
     /// Content store or snapshot failure.
     #[error(transparent)]
     Snapshot(#[from] snapshotter::Error),
+    /// A CRI feature berth does not implement yet; the message names it.
+    #[error("{0}")]
+    Unimplemented(String),
     /// A bug or an unexpected state; the message says which.
     #[error("{0}")]
     Internal(String),
@@ -60,6 +63,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::Unimplemented(_) => Code::Unimplemented,
             Error::Unauthorized(_) => Code::Unauthenticated,
             Error::Snapshot(e) if e.is_not_found() => Code::NotFound,
             Error::Snapshot(e) if e.is_invalid_input() => Code::InvalidArgument,

@@ -203,3 +203,63 @@ async fn error_codes() -> anyhow::Result<()> {
     leaks::assert_no_leaks(d).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotent_stops_and_refused_configs() -> anyhow::Result<()> {
+    require_root!();
+    let env = TestEnv::start_pulled().await?;
+    let d = &env.d;
+    let mut rt = d.rt();
+
+    // Stopping what does not exist succeeds (CRI: Stop* are idempotent).
+    rt.stop_pod_sandbox(k::StopPodSandboxRequest {
+        pod_sandbox_id: "3f1c9a50-0000-4000-8000-000000000000".into(),
+    })
+    .await?;
+    rt.stop_container(k::StopContainerRequest {
+        container_id: "3f1c9a50-0000-4000-8000-000000000000".into(),
+        timeout: 0,
+    })
+    .await?;
+
+    let (pod_id, pod) = env.pod("refused").await?;
+    // A group without a user: refused like containerd, not run as the image's user with that group.
+    let mut group_only = cri::shell("group-only", env.busybox(), "id");
+    group_only.linux = Some(k::LinuxContainerConfig {
+        security_context: Some(k::LinuxContainerSecurityContext {
+            run_as_group: Some(k::Int64Value { value: 1002 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let r = rt
+        .create_container(k::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(group_only),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await;
+    assert_eq!(code(&r), Code::InvalidArgument, "run_as_group alone: {r:?}");
+
+    // Image volumes are a newer CRI feature berth does not have: said so plainly.
+    let mut image_volume = cri::shell("image-volume", env.busybox(), "true");
+    image_volume.mounts = vec![k::Mount {
+        container_path: "/mnt/image".into(),
+        image: Some(k::ImageSpec {
+            image: env.busybox().to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let r = rt
+        .create_container(k::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(image_volume),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await;
+    assert_eq!(code(&r), Code::Unimplemented, "image volume: {r:?}");
+
+    leaks::assert_no_leaks(d).await;
+    Ok(())
+}

@@ -178,7 +178,12 @@ impl ContainerManager {
 
     /// StopContainer: stop signal, SIGKILL after `timeout_secs`. Idempotent.
     pub async fn stop(&self, id: &str, timeout_secs: i64) -> Result<()> {
-        let (_, entry) = self.resolve(id)?;
+        // Idempotent per the CRI: a container that does not exist (any more) is stopped.
+        let entry = match self.resolve(id) {
+            Ok((_, entry)) => entry,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
         lifecycle::stop(&self.shared, &entry, timeout_secs).await
     }
 

@@ -106,7 +106,12 @@ impl RuntimeService for RuntimeHandlers {
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
         let req = request.into_inner();
         require("pod_sandbox_id", &req.pod_sandbox_id)?;
-        let id = self.sandboxes.resolve_id(&req.pod_sandbox_id).await?;
+        // Idempotent per the CRI: stopping a sandbox that does not exist (any more) is not an error.
+        let id = match self.sandboxes.resolve_id(&req.pod_sandbox_id).await {
+            Ok(id) => id,
+            Err(Error::NotFound(_)) => return Ok(Response::new(StopPodSandboxResponse {})),
+            Err(e) => return Err(e.into()),
+        };
         self.containers
             .stop_all_in_sandbox(&id, self.sandbox_stop_timeout_secs)
             .await?;

@@ -393,17 +393,17 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(container_user(&sec, "app").unwrap().1.as_deref(), Some("5"));
-        // run_as_group alone overrides the image user's group.
+        // run_as_group without a user is refused (containerd does too), whatever the image's user.
         let sec = LinuxContainerSecurityContext {
             run_as_group: Some(Int64Value { value: 9 }),
             ..Default::default()
         };
-        let (u, n) = container_user(&sec, "1000").unwrap();
-        assert_eq!((u.uid(), u.gid(), n), (1000, 9, None));
-        assert_eq!(
-            container_user(&sec, "app:staff").unwrap().1.as_deref(),
-            Some("app:9")
-        );
+        for image_user in ["", "1000", "app:staff"] {
+            assert!(matches!(
+                container_user(&sec, image_user),
+                Err(Error::InvalidArgument(m)) if m.contains("run_as_group 9")
+            ));
+        }
 
         let sec = LinuxContainerSecurityContext {
             run_as_username: "web".into(),
@@ -542,7 +542,7 @@ mod tests {
                 .unwrap()
                 .rootfs_propagation()
                 .as_deref(),
-            Some("rslave")
+            Some("slave")
         );
 
         c.mounts[0].propagation = MountPropagation::PropagationBidirectional as i32;
@@ -553,7 +553,7 @@ mod tests {
                 .unwrap()
                 .rootfs_propagation()
                 .as_deref(),
-            Some("rshared")
+            Some("shared")
         );
 
         c.mounts[0].container_path = "relative".into();

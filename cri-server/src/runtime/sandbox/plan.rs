@@ -71,12 +71,9 @@ impl Plan {
             }
         };
 
-        let hostname = if own_net {
-            if config.hostname.is_empty() {
-                md.name.clone()
-            } else {
-                config.hostname.clone()
-            }
+        // As containerd: a pod without a hostname of its own takes the node's (in its own UTS namespace).
+        let hostname = if own_net && !config.hostname.is_empty() {
+            config.hostname.clone()
         } else {
             nix::unistd::gethostname()
                 .map_err(|e| Error::io("reading the host's hostname", e.into()))?
@@ -252,6 +249,23 @@ mod tests {
         assert_eq!(rec.port_mappings.len(), 1);
         assert_eq!(rec.port_mappings[0].protocol, "udp");
         assert_eq!(rec.pid_mode, NamespaceMode::Container as i32);
+    }
+
+    #[test]
+    fn pod_without_hostname_takes_the_nodes() {
+        let mut req = request(None);
+        if let Some(c) = req.config.as_mut() {
+            c.hostname.clear();
+            // critest-style pod names are longer than a hostname may be; the name must not be used.
+            c.metadata.as_mut().unwrap().name = "x".repeat(80);
+        }
+        let plan = Plan::from_request(req, Path::new("/s")).unwrap();
+        let node = nix::unistd::gethostname()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(plan.record.hostname, node);
+        assert_eq!(plan.ns.uts_hostname, Some(node));
     }
 
     #[test]

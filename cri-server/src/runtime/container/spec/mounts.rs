@@ -122,6 +122,12 @@ pub(super) fn mounts(
     }
     let mut rootfs_propagation = None;
     for m in &config.mounts {
+        if let Some(image) = m.image.as_ref().filter(|i| !i.image.is_empty()) {
+            return Err(Error::Unimplemented(format!(
+                "mount {:?}: image volumes (image {:?}) are not supported by berth yet",
+                m.container_path, image.image
+            )));
+        }
         if m.container_path.is_empty() || m.host_path.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "mount {:?} -> {:?}: host and container path are required",
@@ -137,13 +143,14 @@ pub(super) fn mounts(
         let propagation = match MountPropagation::try_from(m.propagation) {
             Ok(MountPropagation::PropagationPrivate) => "rprivate",
             Ok(MountPropagation::PropagationHostToContainer) => {
+                // The rootfs itself takes "slave"/"shared" (libcontainer applies them recursively).
                 if rootfs_propagation.is_none() {
-                    rootfs_propagation = Some("rslave".to_string());
+                    rootfs_propagation = Some("slave".to_string());
                 }
                 "rslave"
             }
             Ok(MountPropagation::PropagationBidirectional) => {
-                rootfs_propagation = Some("rshared".to_string());
+                rootfs_propagation = Some("shared".to_string());
                 "rshared"
             }
             Err(_) => {

@@ -143,12 +143,14 @@ pub fn container_user(
         .as_ref()
         .map(|g| to_u32("run_as_group", g.value))
         .transpose()?;
+    if let (Some(gid), None, true) = (group, &sec.run_as_user, sec.run_as_username.is_empty()) {
+        // As containerd: a group alone would silently run the image's user with a foreign group.
+        return Err(Error::InvalidArgument(format!(
+            "run_as_group {gid} is specified without run_as_user or run_as_username"
+        )));
+    }
     let mut user = User::default();
     let mut by_name = None;
-    let with_group = |u: &str| match group {
-        Some(g) => format!("{u}:{g}"),
-        None => u.to_string(),
-    };
     if let Some(uid) = &sec.run_as_user {
         let uid = to_u32("run_as_user", uid.value)?;
         match group {
@@ -159,31 +161,22 @@ pub fn container_user(
             None => by_name = Some(uid.to_string()),
         }
     } else if !sec.run_as_username.is_empty() {
-        by_name = Some(with_group(&sec.run_as_username));
+        by_name = Some(match group {
+            Some(g) => format!("{}:{g}", sec.run_as_username),
+            None => sec.run_as_username.clone(),
+        });
     } else if !image_user.is_empty() {
         let (u, g) = match image_user.split_once(':') {
             Some((u, g)) => (u, Some(g)),
             None => (image_user, None),
         };
-        let numeric_gid = match (group, g.map(str::parse::<u32>)) {
-            (Some(gid), _) | (None, Some(Ok(gid))) => Some(gid),
-            _ => None,
-        };
-        match (u.parse::<u32>(), numeric_gid) {
-            (Ok(uid), Some(gid)) => {
+        match (u.parse::<u32>(), g.map(str::parse::<u32>)) {
+            (Ok(uid), Some(Ok(gid))) => {
                 user.set_uid(uid);
                 user.set_gid(gid);
             }
-            (Ok(_), None) if g.is_none() => by_name = Some(u.to_string()),
-            _ => {
-                by_name = Some(match (group, g) {
-                    (Some(gid), _) => format!("{u}:{gid}"),
-                    _ => image_user.to_string(),
-                })
-            }
+            _ => by_name = Some(image_user.to_string()),
         }
-    } else if let Some(g) = group {
-        user.set_gid(g);
     }
     if !sec.supplemental_groups.is_empty() {
         let gids = sec
