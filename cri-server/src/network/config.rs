@@ -169,7 +169,6 @@ pub fn load_file(path: &Path) -> Result<ConfList, NetworkError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests fail loudly by design.
 mod tests {
     use super::*;
 

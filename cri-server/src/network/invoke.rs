@@ -168,7 +168,6 @@ pub fn error_message(stdout: &[u8], stderr: &[u8], status: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests fail loudly by design.
 mod tests {
     use super::*;
 

@@ -359,7 +359,6 @@ fn enable_ip_forward() -> Result<(), NetworkError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests fail loudly by design.
 mod tests {
     use super::*;
 

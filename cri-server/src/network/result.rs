@@ -54,7 +54,6 @@ pub fn pod_ips(result: &Value) -> Vec<IpAddr> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests fail loudly by design.
 mod tests {
     use super::*;
     use serde_json::json;

@@ -82,7 +82,6 @@ pub fn kill_and_remove(cgroup_path: &str) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -83,7 +83,6 @@ fn walk(dir: &Path, out: &mut Vec<ResolvedDevice>) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

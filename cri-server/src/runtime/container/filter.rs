@@ -93,7 +93,6 @@ impl NameIndex {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::super::record::{ResourcesRecord, State};
     use super::*;

@@ -327,7 +327,6 @@ pub(super) async fn recover(shared: &Arc<Shared>, entry: &Arc<Entry>) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -88,7 +88,6 @@ pub fn parse_signal(value: &str) -> Result<u32> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -201,7 +201,6 @@ pub fn build_spec(input: &SpecInput<'_>) -> Result<Spec> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::process::{ALL_CAPABILITIES, DEFAULT_PATH_ENV};
     use super::*;

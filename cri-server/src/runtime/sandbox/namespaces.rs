@@ -183,7 +183,6 @@ fn release(pins: &NsPins) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests fail loudly by design.
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;

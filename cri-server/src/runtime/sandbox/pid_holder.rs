@@ -196,7 +196,6 @@ fn poll_exited(pidfd: &OwnedFd, timeout: Duration) -> bool {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests fail loudly by design.
 mod tests {
     use super::*;
 

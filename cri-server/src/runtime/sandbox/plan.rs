@@ -174,7 +174,6 @@ impl Plan {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests fail loudly by design.
 mod tests {
     use super::*;
     use crate::runtime::sandbox::{intact, sandbox_info, PidNamespace};

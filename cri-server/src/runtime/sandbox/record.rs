@@ -204,7 +204,6 @@ pub fn name_key(name: &str, namespace: &str, uid: &str, attempt: u32) -> String 
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests fail loudly by design.
 pub(crate) mod tests {
     use super::*;
     use k8s_cri::v1::PodSandboxStateValue;

@@ -360,7 +360,6 @@ pub(super) fn runtime_default(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use oci_spec::runtime::Arch;

@@ -176,7 +176,6 @@ fn parse_profile(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
