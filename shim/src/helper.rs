@@ -8,6 +8,9 @@
 //! the helper, so it can never race with the daemon's reaper; the daemon waits for the helper
 //! itself with the fork lock held (see `reaper.rs`).
 //!
+//! Right after libcontainer's `build()` the helper applies the mounts' propagation options in
+//! the container's mount namespace (libcontainer parses and drops them, see `propagation.rs`).
+//!
 //! Helper file descriptors: 0/1/2 are the container's stdin/stdout/stderr (the init inherits
 //! them), fd 3 the result pipe. The helper writes one line there, `ok <pid>` or
 //! `error <kind> <message>` (kind `bundle` or `create`). The daemon reads it once the helper
@@ -27,6 +30,7 @@ use oci_spec::runtime::Spec;
 
 use crate::error::{Error, Result};
 use crate::executor::BerthExecutor;
+use crate::propagation;
 use crate::stdio::ContainerStdio;
 use crate::user;
 
@@ -154,10 +158,16 @@ fn build(id: &str, bundle: &Path) -> std::result::Result<i32, String> {
         .with_detach(true)
         .build()
         .map_err(|e| e.to_string())?;
-    container
+    let pid = container
         .pid()
         .map(|p| p.as_raw())
-        .ok_or_else(|| "container has no init pid".to_string())
+        .ok_or_else(|| "container has no init pid".to_string())?;
+    // libcontainer drops the mounts' propagation options; apply them before the init starts.
+    // On failure the daemon deletes the created container (see `ContainerTask::create`).
+    let path = bundle.join("config.json");
+    let spec = Spec::load(&path).map_err(|e| format!("load {}: {e}", path.display()))?;
+    propagation::apply(pid, &propagation::plan(&spec))?;
+    Ok(pid)
 }
 
 /// Resolves `io.berth.user` against the image and rewrites config.json with the ids.

@@ -17,6 +17,7 @@ mod executor;
 mod helper;
 mod log;
 mod pod_init;
+mod propagation;
 mod reaper;
 mod serve;
 mod service;

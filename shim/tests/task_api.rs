@@ -582,3 +582,168 @@ fn delete_kills_running_and_created_containers() -> Result<()> {
     assert!(g.wait_shim_gone());
     Ok(())
 }
+
+/// A shared bind mount of a fresh host dir onto itself; unmounted on drop, even on failure.
+struct SharedHostDir {
+    dir: tempfile::TempDir,
+}
+
+impl SharedHostDir {
+    fn new() -> Result<Self> {
+        use nix::mount::{mount, MsFlags};
+        let dir = tempfile::Builder::new()
+            .prefix("berth-shim-vol-")
+            .tempdir_in("/tmp")?;
+        mount(
+            Some(dir.path()),
+            dir.path(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+        let guard = SharedHostDir { dir };
+        mount(
+            None::<&str>,
+            guard.path(),
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )?;
+        Ok(guard)
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Its peer group on the host: `shared:N`.
+    fn peer_group(&self) -> Result<String> {
+        let target = self.path().display().to_string();
+        let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let line = info
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(target.as_str()))
+            .context("host dir is not a mount")?;
+        line.split(' ')
+            .find_map(|f| f.strip_prefix("shared:"))
+            .map(str::to_string)
+            .with_context(|| format!("host dir is not shared: {line}"))
+    }
+}
+
+impl Drop for SharedHostDir {
+    fn drop(&mut self) {
+        while nix::mount::umount2(self.path(), nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    }
+}
+
+/// Adds `mounts` to the fixture's config.json and sets `linux.rootfsPropagation`.
+fn add_mounts(f: &Fixture, mounts: &[serde_json::Value], rootfs: Option<&str>) -> Result<()> {
+    let path = f.bundle().join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let list = spec["mounts"]
+        .as_array_mut()
+        .context("config.json has no mounts")?;
+    list.extend(mounts.iter().cloned());
+    if let Some(p) = rootfs {
+        spec["linux"]["rootfsPropagation"] = json!(p);
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+    Ok(())
+}
+
+/// The propagation fields (`shared:N`, `master:N`) of a mountinfo line.
+fn propagation_fields(line: &str) -> Vec<String> {
+    line.split(' ')
+        .take_while(|f| *f != "-")
+        .filter(|f| f.starts_with("shared:") || f.starts_with("master:"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn bind_mount_propagation_is_applied() -> Result<()> {
+    let host = SharedHostDir::new()?;
+    let group = host.peer_group()?;
+    // (option, rootfsPropagation as berthd writes it, expected propagation fields of /vol).
+    // The fourth case fails without berth's fix even when the rootfs default hides it: a slave
+    // mount in a container whose rootfs is shared (another mount is bidirectional).
+    let cases: [(&str, Option<&str>, Vec<String>); 4] = [
+        ("rprivate", None, vec![]),
+        ("rslave", Some("slave"), vec![format!("master:{group}")]),
+        ("rshared", Some("shared"), vec![format!("shared:{group}")]),
+        ("rslave", Some("shared"), vec![format!("master:{group}")]),
+    ];
+    for (i, (option, rootfs, expected)) in cases.into_iter().enumerate() {
+        let mut f = Fixture::new(
+            &format!("prop{i}"),
+            &["grep", " /vol ", "/proc/self/mountinfo"],
+            true,
+            None,
+        )?;
+        let vol = json!({
+            "destination": "/vol",
+            "type": "bind",
+            "source": host.path(),
+            "options": ["rbind", option],
+        });
+        add_mounts(&f, &[vol], rootfs)?;
+        f.start_shim()?;
+        f.create_and_start()?;
+        assert_eq!(f.wait()?, 0, "{option}: grep found no /vol: {}", f.log()?);
+        let log = f.log()?;
+        let line = log.lines().next().unwrap_or_default();
+        assert_eq!(
+            propagation_fields(line),
+            expected,
+            "{option} with rootfsPropagation {rootfs:?}: {line}"
+        );
+        f.delete()?;
+        f.shutdown()?;
+        assert!(f.wait_shim_gone());
+    }
+    Ok(())
+}
+
+#[test]
+fn failed_propagation_fails_create_and_leaves_nothing() -> Result<()> {
+    let host = SharedHostDir::new()?;
+    std::fs::create_dir_all(host.path().join("b"))?;
+    let mut f = Fixture::new("propfail", &["sleep", "1000"], true, None)?;
+    // /a/b is mounted, then hidden by a tmpfs on /a: its propagation cannot be changed.
+    let mounts = [
+        json!({
+            "destination": "/a/b",
+            "type": "bind",
+            "source": host.path().join("b"),
+            "options": ["rbind", "rprivate"],
+        }),
+        json!({"destination": "/a", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]}),
+    ];
+    add_mounts(&f, &mounts, None)?;
+    f.start_shim()?;
+    let c = f.client()?;
+    let e = c
+        .create(ctx(), &f.create_request())
+        .err()
+        .context("create succeeded")?;
+    assert_eq!(status_code(&e), Some(Code::INTERNAL), "{e}");
+    assert!(
+        e.to_string()
+            .contains("mount /a/b: set propagation rprivate: No such file or directory"),
+        "{e}"
+    );
+    assert!(
+        !f.rootfs_mounted()?,
+        "failed create left the rootfs mounted"
+    );
+    assert!(
+        f.cgroup_dirs().is_empty(),
+        "cgroup left: {:?}",
+        f.cgroup_dirs()
+    );
+    assert!(!f.bundle().join("runtime").join(&f.id).exists());
+    f.shutdown()?;
+    assert!(f.wait_shim_gone());
+    Ok(())
+}

@@ -208,3 +208,74 @@ async fn pod_hostname_dns_and_hosts() -> anyhow::Result<()> {
     leaks::assert_no_leaks(d).await;
     Ok(())
 }
+
+/// Unmounts a test's host bind mount even when an assertion fails first.
+struct HostMount(std::path::PathBuf);
+
+impl Drop for HostMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mount_propagation_modes() -> anyhow::Result<()> {
+    require_root!();
+    let env = TestEnv::start_pulled().await?;
+    let d = &env.d;
+    let (pod_id, pod) = env.pod("propagation").await?;
+
+    // A shared mount on the host, so that slave and shared propagation can be told apart inside.
+    let vol = d.dir().join("shared-vol");
+    std::fs::create_dir_all(&vol)?;
+    nix::mount::mount(
+        Some(&vol),
+        &vol,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    let _guard = HostMount(vol.clone());
+    nix::mount::mount(
+        None::<&str>,
+        &vol,
+        None::<&str>,
+        nix::mount::MsFlags::MS_SHARED,
+        None::<&str>,
+    )?;
+
+    let cases = [
+        (k::MountPropagation::PropagationPrivate, "private"),
+        (k::MountPropagation::PropagationHostToContainer, "master:"),
+        (k::MountPropagation::PropagationBidirectional, "shared:"),
+    ];
+    for (i, (propagation, expected)) in cases.into_iter().enumerate() {
+        let mut c = cri::shell(
+            &format!("prop-{i}"),
+            env.busybox(),
+            "grep ' /vol ' /proc/self/mountinfo",
+        );
+        c.mounts = vec![k::Mount {
+            container_path: "/vol".into(),
+            host_path: vol.display().to_string(),
+            propagation: propagation as i32,
+            ..Default::default()
+        }];
+        let (st, out) = cri::run_to_exit(d, &pod_id, &pod, c).await?;
+        assert_eq!(st.exit_code, 0, "{propagation:?}: {st:?}");
+        let line = out.join("\n");
+        if expected == "private" {
+            assert!(
+                !line.contains("shared:") && !line.contains("master:"),
+                "{propagation:?} mount propagates: {line}"
+            );
+        } else {
+            assert!(
+                line.contains(expected),
+                "{propagation:?} mount lacks {expected}: {line}"
+            );
+        }
+    }
+    leaks::assert_no_leaks(d).await;
+    Ok(())
+}
