@@ -1,5 +1,6 @@
 //! Bearer-token registry auth: berthd answers `WWW-Authenticate: Bearer` challenges with the CRI
-//! credentials, fails clearly without them, and sends a ready `registry_token` as is.
+//! credentials, fails clearly without them, sends a ready `registry_token` as is, and exchanges an
+//! `identity_token` as an OAuth2 refresh token (as containerd).
 //! The registry is a real `docker-registry` behind [`TokenRegistry`], a token-server proxy.
 
 use anyhow::Context;
@@ -338,5 +339,113 @@ async fn anonymous_token_pull() -> anyhow::Result<()> {
         Code::NotFound
     );
     leaks::assert_no_leaks(&d).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_with_identity_token_exchanges_refresh_token() -> anyhow::Result<()> {
+    require_root!();
+    let (proxy, image) = token_registry(false).await?;
+    let d = Berthd::start(BerthdOptions::default()).await?;
+    d.trust_plain_http(&proxy.host())?;
+    let reference = proxy.reference(REPO, "1");
+
+    // A refresh token the server does not know: refused on the OAuth2 POST and on containerd's
+    // GET fallback (identity token as the basic password); the pull fails naming the registry.
+    let bad = k::AuthConfig {
+        identity_token: "not-a-refresh-token".into(),
+        server_address: proxy.host(),
+        ..Default::default()
+    };
+    let status = pull_status(&d, &reference, Some(bad))
+        .await
+        .err()
+        .context("pull with an unknown identity token succeeded")?;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains(&proxy.host())
+            && status.message().contains("token request refused"),
+        "the message must name the registry and say the token was refused: {status:?}"
+    );
+    // hosts.toml names the registry as a host and as the server: each attempt is a POST, then a
+    // GET fallback.
+    let seen = proxy.token_requests();
+    assert!(
+        !seen.is_empty() && seen.len() % 2 == 0 && seen.iter().all(|t| !t.granted),
+        "refused POST/GET pairs only: {seen:#?}"
+    );
+    for pair in seen.chunks(2) {
+        assert_eq!(pair[0].method, "POST", "{seen:#?}");
+        assert_eq!(pair[0].grant_type.as_deref(), Some("refresh_token"));
+        assert_eq!(
+            pair[0].refresh_token.as_deref(),
+            Some("not-a-refresh-token")
+        );
+        assert_eq!(pair[0].scopes, [SCOPE]);
+        assert_eq!(pair[1].method, "GET", "{seen:#?}");
+        assert_eq!(
+            pair[1].basic,
+            Some((String::new(), "not-a-refresh-token".into()))
+        );
+    }
+    assert!(
+        proxy.registry_requests().iter().all(|r| !r.forwarded),
+        "nothing may be served without a token"
+    );
+
+    // A refresh token the server issued, good for no repository by itself: berthd must trade it
+    // for an access token scoped to the repository rather than send it to the registry.
+    proxy.clear_records();
+    let refresh = proxy.issue_token(&[]);
+    let auth = k::AuthConfig {
+        identity_token: refresh.clone(),
+        server_address: proxy.host(),
+        ..Default::default()
+    };
+    cri::pull(&d, &reference, Some(auth)).await?;
+    let st = cri::image_status(&d, &reference)
+        .await?
+        .context("status after the identity-token pull")?;
+    assert_eq!(st.id, image.config_digest);
+    let seen = proxy.token_requests();
+    assert_eq!(
+        seen.len(),
+        1,
+        "one token exchange serves the whole pull: {seen:#?}"
+    );
+    let grant = &seen[0];
+    assert!(grant.granted, "{seen:#?}");
+    assert_eq!(grant.method, "POST");
+    assert_eq!(grant.grant_type.as_deref(), Some("refresh_token"));
+    assert_eq!(grant.refresh_token.as_deref(), Some(refresh.as_str()));
+    assert_eq!(grant.scopes, [SCOPE]);
+    assert_eq!(grant.service.as_deref(), Some(SERVICE));
+    assert_eq!(grant.basic, None);
+    assert_served_with_token(&proxy);
+    assert!(
+        proxy
+            .registry_requests()
+            .iter()
+            .all(|r| r.status != 401 || !r.had_token),
+        "the refresh token itself must never be sent to the registry: {:#?}",
+        proxy.registry_requests()
+    );
+    leaks::assert_no_leaks(&d).await;
+
+    // Without hosts.toml: the HTTPS attempt on loopback fails as unreachable, plain HTTP exchanges.
+    let plain = Berthd::start(BerthdOptions::default()).await?;
+    proxy.clear_records();
+    let auth = k::AuthConfig {
+        identity_token: refresh.clone(),
+        server_address: proxy.host(),
+        ..Default::default()
+    };
+    cri::pull(&plain, &reference, Some(auth)).await?;
+    let seen = proxy.token_requests();
+    assert!(
+        seen.len() == 1 && seen[0].granted && seen[0].refresh_token == Some(refresh),
+        "{seen:#?}"
+    );
+    leaks::assert_no_leaks(&plain).await;
     Ok(())
 }

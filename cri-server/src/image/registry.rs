@@ -1,5 +1,6 @@
 //! The registry client: one oci-client per registry host (scheme, TLS trust), credentials from the
-//! CRI `AuthConfig`, and classification of registry failures into what the kubelet should see.
+//! CRI `AuthConfig` (an `identity_token` is exchanged in the `oauth` submodule), and classification
+//! of registry failures into what the kubelet should see.
 
 use base64::Engine;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
@@ -12,6 +13,10 @@ use crate::error::{Error, Result};
 use crate::image::hosts::{RegistryHost, Scheme};
 use crate::image::manifest::ACCEPTED_MANIFEST_TYPES;
 use crate::image::reference::ImageRef;
+
+mod oauth;
+
+use oauth::{BearerChallenge, OAuthError, RefreshRequest};
 
 /// Credentials for a pull, from the CRI `AuthConfig`.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -35,8 +40,11 @@ pub enum Auth {
         /// Password.
         password: String,
     },
-    /// A ready bearer token (`identity_token` / `registry_token`).
+    /// A ready bearer token (`registry_token`), sent to the registry as is.
     Bearer(String),
+    /// An OAuth2 refresh token (`identity_token`), exchanged at the registry's token server
+    /// for an access token on each pull (as containerd and docker do).
+    IdentityToken(String),
 }
 
 impl std::fmt::Debug for Auth {
@@ -46,6 +54,7 @@ impl std::fmt::Debug for Auth {
             Auth::Anonymous => write!(f, "Anonymous"),
             Auth::Basic { username, .. } => write!(f, "Basic({username:?}, <redacted>)"),
             Auth::Bearer(_) => write!(f, "Bearer(<redacted>)"),
+            Auth::IdentityToken(_) => write!(f, "IdentityToken(<redacted>)"),
         }
     }
 }
@@ -62,7 +71,7 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     /// Builds credentials from the CRI fields: `username`/`password`, or `auth` (base64 `user:pass`),
-    /// or `identity_token` / `registry_token`.
+    /// or `identity_token` (a refresh token) / `registry_token` (a bearer token).
     pub fn from_cri(auth: Option<&k8s_cri::v1::AuthConfig>) -> Result<Self> {
         let Some(a) = auth else {
             return Ok(Self::default());
@@ -73,7 +82,7 @@ impl Credentials {
         let auth = if !a.registry_token.is_empty() {
             Auth::Bearer(a.registry_token.clone())
         } else if !a.identity_token.is_empty() {
-            Auth::Bearer(a.identity_token.clone())
+            Auth::IdentityToken(a.identity_token.clone())
         } else if !a.username.is_empty() {
             Auth::Basic {
                 username: a.username.clone(),
@@ -103,10 +112,10 @@ impl Credentials {
         })
     }
 
-    /// The credentials to send to `host` when pulling from `registry`: when the kubelet did not
-    /// scope them, or scoped them to that very host, or to the registry and `host` is its upstream
-    /// (as containerd: credentials for the upstream are not sent to mirrors).
-    fn for_host(&self, host: &RegistryHost, registry: &str) -> RegistryAuth {
+    /// Whether these credentials go to `host` when pulling from `registry`: when the kubelet did
+    /// not scope them, or scoped them to that very host, or to the registry and `host` is its
+    /// upstream (as containerd: credentials for the upstream are not sent to mirrors).
+    fn applies_to(&self, host: &RegistryHost, registry: &str) -> bool {
         let address = self.server_address.as_str();
         let hub_alias = registry == crate::image::reference::DEFAULT_REGISTRY
             && [
@@ -115,15 +124,24 @@ impl Credentials {
                 "registry-1.docker.io",
             ]
             .contains(&address);
-        let applies = address.is_empty()
+        address.is_empty()
             || address == host.host
-            || (host.is_server && (address == registry || hub_alias));
-        match (&self.auth, applies) {
-            (Auth::Basic { username, password }, true) => {
-                RegistryAuth::Basic(username.clone(), password.clone())
-            }
-            (Auth::Bearer(token), true) => RegistryAuth::Bearer(token.clone()),
-            _ => RegistryAuth::Anonymous,
+            || (host.is_server && (address == registry || hub_alias))
+    }
+
+    /// What oci-client gets for `host`, and the identity token to exchange first, if any.
+    fn for_host(&self, host: &RegistryHost, registry: &str) -> (RegistryAuth, Option<String>) {
+        if !self.applies_to(host, registry) {
+            return (RegistryAuth::Anonymous, None);
+        }
+        match &self.auth {
+            Auth::Anonymous => (RegistryAuth::Anonymous, None),
+            Auth::Basic { username, password } => (
+                RegistryAuth::Basic(username.clone(), password.clone()),
+                None,
+            ),
+            Auth::Bearer(token) => (RegistryAuth::Bearer(token.clone()), None),
+            Auth::IdentityToken(token) => (RegistryAuth::Anonymous, Some(token.clone())),
         }
     }
 }
@@ -251,23 +269,36 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
+/// An identity token to exchange, and the HTTP client (same TLS trust as the registry client)
+/// to reach the token server with.
+struct Refresh {
+    token: String,
+    http: reqwest::Client,
+}
+
 /// A client bound to one registry host, one repository and one set of credentials.
 pub struct HostClient {
     client: Client,
     host: RegistryHost,
     registry: String,
     repository: String,
-    /// Set once the host's auth challenge has been answered (token fetched and cached).
-    authorized: tokio::sync::OnceCell<()>,
+    /// Set for CRI `identity_token` credentials.
+    refresh: Option<Refresh>,
+    /// Set once the host's auth challenge has been answered: the credentials oci-client uses
+    /// from then on (the access token, for an identity token).
+    authorized: tokio::sync::OnceCell<RegistryAuth>,
 }
 
 impl HostClient {
-    /// Builds the client for `host` serving `image`'s repository.
+    /// Builds the client for `host` serving `image`'s repository, and the credentials to pass to
+    /// its calls. For an `identity_token` those are anonymous: the client exchanges the token and
+    /// uses the access token it gets instead.
     pub fn new(
         host: &RegistryHost,
         image: &ImageRef,
         credentials: &Credentials,
     ) -> Result<(Self, RegistryAuth)> {
+        let (auth, identity_token) = credentials.for_host(host, &image.registry);
         let mut certs = Vec::new();
         for path in &host.ca {
             let data = std::fs::read(path)
@@ -290,15 +321,22 @@ impl HostClient {
             user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")),
             ..ClientConfig::default()
         };
+        let refresh = match identity_token {
+            Some(token) => Some(Refresh {
+                token,
+                http: token_client(host, &config.extra_root_certificates, config.user_agent)?,
+            }),
+            None => None,
+        };
         let client = Client::try_from(config).map_err(|e| {
             Error::InvalidArgument(format!("registry host {}: {}", host.url(), error_chain(&e)))
         })?;
-        let auth = credentials.for_host(host, &image.registry);
         let this = Self {
             client,
             host: host.clone(),
             registry: image.registry.clone(),
             repository: image.repository.clone(),
+            refresh,
             authorized: tokio::sync::OnceCell::new(),
         };
         Ok((this, auth))
@@ -339,21 +377,76 @@ impl HostClient {
     /// drop that error and go on anonymously: the pull then fails with a bare 401 on the manifest
     /// that does not say the credentials were refused, and an unreachable token server looks
     /// like bad credentials. Asking explicitly surfaces either failure as what it is.
+    ///
+    /// An identity token is exchanged for an access token first (see [`oauth`]); the credentials
+    /// returned are the ones to use for every request of this client.
     async fn authorize(
         &self,
         reference: &Reference,
         auth: &RegistryAuth,
-    ) -> std::result::Result<(), RegistryError> {
+    ) -> std::result::Result<RegistryAuth, RegistryError> {
         self.authorized
             .get_or_try_init(|| async {
+                let auth = match &self.refresh {
+                    Some(refresh) => self.exchange_identity_token(refresh).await?,
+                    None => auth.clone(),
+                };
                 self.client
-                    .auth(reference, auth, RegistryOperation::Pull)
+                    .auth(reference, &auth, RegistryOperation::Pull)
                     .await
-                    .map(|_| ())
-                    .map_err(|e| RegistryError::classify(&self.host, e))
+                    .map_err(|e| RegistryError::classify(&self.host, e))?;
+                Ok(auth)
             })
             .await
-            .map(|_| ())
+            .cloned()
+    }
+
+    /// Asks the host's `/v2/` for its challenge and trades the identity token for an access
+    /// token at the bearer realm. A host that wants no auth gets none.
+    async fn exchange_identity_token(
+        &self,
+        refresh: &Refresh,
+    ) -> std::result::Result<RegistryAuth, RegistryError> {
+        let at = self.host.url();
+        let resp = refresh
+            .http
+            .get(format!("{at}/"))
+            .send()
+            .await
+            .map_err(|e| RegistryError::Unreachable(format!("{at}: {}", error_chain(&e))))?;
+        let challenge = resp
+            .headers()
+            .get_all(reqwest::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(BearerChallenge::parse);
+        let Some(challenge) = challenge else {
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                return Err(RegistryError::Unauthorized(format!(
+                    "failed to authorize at {at}: the registry offers no bearer token server to \
+                     exchange the identity token at"
+                )));
+            }
+            return Ok(RegistryAuth::Anonymous);
+        };
+        let scopes = oauth::pull_scopes(challenge.scope.as_deref(), &self.repository);
+        let request = RefreshRequest {
+            challenge: &challenge,
+            scopes: &scopes,
+            refresh_token: &refresh.token,
+        };
+        match oauth::exchange(&refresh.http, request).await {
+            Ok(token) => Ok(RegistryAuth::Bearer(token)),
+            Err(e @ OAuthError::Unreachable { .. }) => Err(RegistryError::Unreachable(format!(
+                "failed to authorize at {at}: {e}"
+            ))),
+            Err(e @ OAuthError::Refused { .. }) => Err(RegistryError::Unauthorized(format!(
+                "failed to authorize at {at}: token request refused: {e}"
+            ))),
+            Err(e @ OAuthError::BadResponse { .. }) => Err(RegistryError::Other(format!(
+                "failed to authorize at {at}: {e}"
+            ))),
+        }
     }
 
     /// Fetches a manifest by tag or digest: raw bytes (digest-verified) and its digest.
@@ -364,10 +457,10 @@ impl HostClient {
         digest: Option<&str>,
     ) -> std::result::Result<(Vec<u8>, String), RegistryError> {
         let reference = self.reference(tag, digest);
-        self.authorize(&reference, auth).await?;
+        let auth = self.authorize(&reference, auth).await?;
         let (bytes, digest) = self
             .client
-            .pull_manifest_raw(&reference, auth, ACCEPTED_MANIFEST_TYPES)
+            .pull_manifest_raw(&reference, &auth, ACCEPTED_MANIFEST_TYPES)
             .await
             .map_err(|e| RegistryError::classify(&self.host, e))?;
         Ok((bytes.to_vec(), digest))
@@ -386,8 +479,9 @@ impl HostClient {
     > {
         use futures::StreamExt;
         let reference = self.reference(None, Some(&desc.digest));
+        let auth = self.authorize(&reference, auth).await?;
         self.client
-            .store_auth_if_needed(reference.resolve_registry(), auth)
+            .store_auth_if_needed(reference.resolve_registry(), &auth)
             .await;
         let stream = self
             .client
@@ -396,6 +490,31 @@ impl HostClient {
             .map_err(|e| RegistryError::classify(&self.host, e))?;
         Ok(stream.map(|chunk| chunk.map_err(|e| error_chain(&e))))
     }
+}
+
+/// The HTTP client for token requests of an identity token: the registry client's TLS trust
+/// (`skip_verify`, the host's CAs) and user agent.
+fn token_client(
+    host: &RegistryHost,
+    certs: &[Certificate],
+    user_agent: &str,
+) -> Result<reqwest::Client> {
+    let invalid = |e: &dyn std::error::Error| {
+        Error::InvalidArgument(format!("registry host {}: {}", host.url(), error_chain(e)))
+    };
+    let roots = certs
+        .iter()
+        .map(reqwest::Certificate::try_from)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| invalid(&e))?;
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(host.skip_verify)
+        .tls_certs_merge(roots)
+        .connect_timeout(std::time::Duration::from_secs(15))
+        .timeout(std::time::Duration::from_secs(60))
+        .user_agent(user_agent)
+        .build()
+        .map_err(|e| invalid(&e))
 }
 
 #[cfg(test)]
@@ -440,7 +559,14 @@ mod tests {
             ..Default::default()
         }))
         .unwrap();
-        assert_eq!(token.auth, Auth::Bearer("t".into()));
+        assert_eq!(token.auth, Auth::IdentityToken("t".into()));
+        let ready = Credentials::from_cri(Some(&AuthConfig {
+            registry_token: "r".into(),
+            identity_token: "t".into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(ready.auth, Auth::Bearer("r".into()));
         assert!(Credentials::from_cri(Some(&AuthConfig {
             auth: "!!".into(),
             ..Default::default()
@@ -449,6 +575,11 @@ mod tests {
         let secret = Credentials {
             server_address: String::new(),
             auth: Auth::Bearer("s3cret".into()),
+        };
+        assert!(!format!("{secret:?}").contains("s3cret"));
+        let secret = Credentials {
+            server_address: String::new(),
+            auth: Auth::IdentityToken("s3cret".into()),
         };
         assert!(!format!("{secret:?}").contains("s3cret"));
     }
@@ -472,12 +603,12 @@ mod tests {
         let hosts = crate::image::hosts::default_hosts("registry.example");
         assert!(matches!(
             creds.for_host(&hosts[0], "registry.example"),
-            RegistryAuth::Basic(..)
+            (RegistryAuth::Basic(..), None)
         ));
         let other = crate::image::hosts::default_hosts("other.example");
         assert!(matches!(
             creds.for_host(&other[0], "other.example"),
-            RegistryAuth::Anonymous
+            (RegistryAuth::Anonymous, None)
         ));
         let unscoped = Credentials {
             server_address: String::new(),
@@ -485,7 +616,24 @@ mod tests {
         };
         assert!(matches!(
             unscoped.for_host(&other[0], "other.example"),
-            RegistryAuth::Basic(..)
+            (RegistryAuth::Basic(..), None)
         ));
+        // An identity token is not handed to oci-client: it is exchanged first.
+        let identity = Credentials {
+            server_address: "registry.example".into(),
+            auth: Auth::IdentityToken("t".into()),
+        };
+        assert_eq!(
+            identity
+                .for_host(&hosts[0], "registry.example")
+                .1
+                .as_deref(),
+            Some("t")
+        );
+        assert!(matches!(
+            identity.for_host(&hosts[0], "registry.example").0,
+            RegistryAuth::Anonymous
+        ));
+        assert!(identity.for_host(&other[0], "other.example").1.is_none());
     }
 }
