@@ -18,7 +18,7 @@ pub mod signal;
 pub mod spec;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_cri::v1::*;
@@ -26,6 +26,7 @@ use k8s_cri::v1::*;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::image::manager::ImageManager;
+use crate::runtime::cgroup::CgroupLayout;
 use crate::runtime::sandbox::SandboxManager;
 use crate::store::RecordStore;
 use filter::NameIndex;
@@ -75,6 +76,9 @@ struct Index {
 struct Shared {
     store: RecordStore<ContainerRecord>,
     index: Mutex<Index>,
+    /// The node's cgroup hierarchies (the sandbox manager's detection); `None` when none was found.
+    cgroups: Option<Arc<CgroupLayout>>,
+    /// The host runs the unified hierarchy alone (containers get a private cgroup namespace).
     cgroup_v2: bool,
 }
 
@@ -121,10 +125,12 @@ impl ContainerManager {
         let bundles = config.state.join("containers");
         std::fs::create_dir_all(&bundles)
             .map_err(|e| Error::io(format!("creating {}", bundles.display()), e))?;
-        let cgroup_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let cgroups = sandboxes.cgroup_layout();
+        let cgroup_v2 = cgroups.as_deref().is_some_and(CgroupLayout::is_v2);
         let shared = Arc::new(Shared {
             store,
             index: Mutex::new(Index::default()),
+            cgroups,
             cgroup_v2,
         });
         let manager = Self {

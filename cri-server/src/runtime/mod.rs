@@ -1,5 +1,6 @@
 //! CRI RuntimeService: thin gRPC handlers that validate and hand over to the sandbox and container managers.
 
+pub mod cgroup;
 pub mod container;
 pub mod sandbox;
 

@@ -7,7 +7,6 @@
 //! (NamespaceMode::POD): it needs a living pid 1, a `berth-shim pod-init` process (see `pid_holder.rs`),
 //! and is pinned at `ns/pid` as well.
 
-pub mod cgroup;
 mod files;
 mod namespaces;
 mod pid_holder;
@@ -24,8 +23,8 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::network::{Network, PodRef};
+use crate::runtime::cgroup::CgroupLayout;
 use crate::store::RecordStore;
-use cgroup::CgroupLayout;
 use plan::Plan;
 use record::{SandboxRecord, State};
 
@@ -431,6 +430,11 @@ impl SandboxManager {
             })
             .await;
         }
+    }
+
+    /// The node's cgroup hierarchies, detected once when the manager opened; `None` when none was found.
+    pub fn cgroup_layout(&self) -> Option<Arc<CgroupLayout>> {
+        self.cgroups.clone().ok()
     }
 
     /// PodSandboxStatus. `container_statuses` is filled by the caller when verbose.

@@ -88,7 +88,10 @@ pub(super) async fn start(shared: &Arc<Shared>, entry: &Arc<Entry>) -> Result<()
 /// Records an exit: reason from the exit code and the memory cgroup's OOM counter.
 fn record_exit(shared: &Shared, entry: &Entry, exit: Exit) {
     let rec = entry.snapshot();
-    let oom = cgroup::oom_kills(shared.cgroup_v2, &rec.cgroup_path) > 0;
+    let oom = shared
+        .cgroups
+        .as_deref()
+        .is_some_and(|layout| cgroup::oom_kills(layout, &rec.cgroup_path) > 0);
     let code = i32::try_from(exit.status).unwrap_or(255);
     let reason = if oom {
         "OOMKilled"
@@ -238,8 +241,12 @@ pub(super) async fn remove(mgr: &ContainerManager, entry: &Arc<Entry>) -> Result
         }
         Err(_) => {
             // The shim died: nobody else will kill what is left in the container's cgroup or remove it.
-            let path = rec.cgroup_path.clone();
-            let _ = tokio::task::spawn_blocking(move || cgroup::kill_and_remove(&path)).await;
+            if let Some(layout) = mgr.shared.cgroups.clone() {
+                let path = rec.cgroup_path.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || cgroup::kill_and_remove(&layout, &path))
+                        .await;
+            }
         }
     }
     let rootfs = rec.bundle.join("rootfs");

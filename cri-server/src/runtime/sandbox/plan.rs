@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use k8s_cri::v1::*;
 
 use super::record::{SandboxRecord, State};
-use super::{cgroup, files, namespaces, now_ns};
+use super::{files, namespaces, now_ns};
 use crate::error::{Error, Result};
 use crate::network::PortMapping;
+use crate::runtime::cgroup;
 
 /// A validated RunPodSandbox request: the initial record and what setup needs besides it.
 pub(super) struct Plan {

@@ -1,5 +1,6 @@
-//! Pod cgroups with the cgroupfs driver: paths relative to the cgroup root, created in every v1 hierarchy or
-//! under the v2 unified root.
+//! The node's cgroup hierarchies (cgroupfs driver), detected once from mountinfo and shared by the sandbox
+//! manager (pod cgroups: created in every v1 hierarchy or under the v2 unified root) and the container
+//! manager (a container's cgroup directories, its memory controller's OOM counter).
 //!
 //! Hybrid hosts (v1 controllers plus a v2 mount at `/sys/fs/cgroup/unified`) are treated as v1: that is where
 //! the controllers are.
@@ -92,6 +93,24 @@ impl CgroupLayout {
         match self {
             Self::V1(hs) => hs.iter().map(|h| h.mount.join(rel)).collect(),
             Self::V2(root) => vec![root.join(rel)],
+        }
+    }
+
+    /// Whether this is the unified hierarchy alone (hybrid hosts are v1).
+    pub fn is_v2(&self) -> bool {
+        matches!(self, Self::V2(_))
+    }
+
+    /// The directory of cgroup `rel` in the v1 hierarchy that holds `controller`, or in the v2 unified
+    /// hierarchy; `None` when no v1 hierarchy has that controller.
+    pub fn controller_dir(&self, controller: &str, rel: &str) -> Option<PathBuf> {
+        let rel = rel.trim_start_matches('/');
+        match self {
+            Self::V1(hs) => hs
+                .iter()
+                .find(|h| h.controllers.iter().any(|c| c == controller))
+                .map(|h| h.mount.join(rel)),
+            Self::V2(root) => Some(root.join(rel)),
         }
     }
 
@@ -339,6 +358,27 @@ mod tests {
         );
         assert_eq!(hs[0].controllers, vec!["cpu", "cpuacct"]);
         assert_eq!(hs[1].controllers, vec!["cpuset"]);
+    }
+
+    #[test]
+    fn controller_dirs() {
+        let v1 = CgroupLayout::from_mountinfo(HYBRID).unwrap();
+        assert!(!v1.is_v2());
+        assert_eq!(
+            v1.controller_dir("memory", "/kubepods/c1"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/kubepods/c1"))
+        );
+        assert_eq!(
+            v1.controller_dir("cpuacct", "/c1"),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/c1"))
+        );
+        assert_eq!(v1.controller_dir("pids", "/c1"), None);
+        let v2 = CgroupLayout::V2("/sys/fs/cgroup".into());
+        assert!(v2.is_v2());
+        assert_eq!(
+            v2.controller_dir("memory", "/kubepods/c1"),
+            Some(PathBuf::from("/sys/fs/cgroup/kubepods/c1"))
+        );
     }
 
     #[test]
