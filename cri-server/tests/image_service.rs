@@ -2,16 +2,17 @@
 //! manifests, gzip / zstd / plain layers), basic auth, hosts.toml mirrors, list, status, remove, GC.
 #![allow(clippy::unwrap_used)]
 
-mod image_support;
-
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine;
+use berth_tests::image::{host_arch, Compression, Layer, LayerBuilder};
+use berth_tests::registry::Registry;
+use berth_tests::ImageSpec as TestImage;
 use cri_server::error::Error;
 use cri_server::image::manager::ImageManager;
 use cri_server::image::registry::Credentials;
 use cri_server::image::ImageHandlers;
-use image_support::*;
 use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::*;
 use tonic::Request;
@@ -23,71 +24,88 @@ fn spec(image: &str) -> Option<ImageSpec> {
     })
 }
 
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
+/// A berthd config rooted in `dir`, with `certs.d` at `dir/certs.d`.
+fn config_in(dir: &Path) -> cri_server::config::Config {
+    let registry = cri_server::config::RegistryConfig {
+        config_path: dir.join("certs.d"),
+        ..Default::default()
+    };
+    cri_server::config::Config {
+        root: dir.join("root"),
+        state: dir.join("state"),
+        registry,
+        ..Default::default()
     }
 }
 
-fn small_image(marker: &str, docker: bool) -> TestImage {
+/// Writes `<certs.d>/<registry>/hosts.toml`.
+fn write_hosts_toml(config: &cri_server::config::Config, registry: &str, text: &str) -> PathBuf {
+    let dir = config.registry.config_path.join(registry);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("hosts.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// A layer of regular files (mode 0644).
+fn layer(compression: Compression, files: &[(&str, &[u8])]) -> Layer {
+    let mut builder = LayerBuilder::new();
+    for (path, data) in files {
+        builder = builder.file(path, 0o644, data).unwrap();
+    }
+    builder.finish(compression).unwrap()
+}
+
+/// A one-layer image (gzip) with `Cmd /bin/sh` and `User nobody`.
+fn small_image(marker: &str) -> TestImage {
     let a = format!("a-{marker}");
-    build_image(
-        host_arch(),
-        &[(Comp::Gzip, vec![("etc/marker", a.as_bytes())])],
-        &["/bin/sh"],
-        "nobody",
-        docker,
-    )
+    let mut image = TestImage::from_layers(vec![layer(
+        Compression::Gzip,
+        &[("etc/marker", a.as_bytes())],
+    )])
+    .with_user("nobody");
+    image.cmd = vec!["/bin/sh".into()];
+    image
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_list_status_remove_over_plain_http_localhost() {
-    let registry = Registry::start(None);
-    let host = build_image(
-        host_arch(),
-        &[
-            (
-                Comp::Gzip,
-                vec![
-                    ("bin/hello", b"hello".as_slice()),
-                    ("etc/os-release", b"ID=berth".as_slice()),
-                ],
-            ),
-            (
-                Comp::Tar,
-                vec![("etc/passwd", b"root:x:0:0::/root:/bin/sh\n".as_slice())],
-            ),
-            (Comp::Zstd, vec![("data/z", b"zstd layer".as_slice())]),
-        ],
-        &["/bin/hello", "world"],
-        "1000:1000",
-        false,
-    );
-    let other = build_image(
-        "s390x",
-        &[(Comp::Gzip, vec![("other", b"s390x".as_slice())])],
-        &["x"],
-        "",
-        false,
-    );
-    let other_config = other.id.clone();
-    let index = build_index(host, vec![(other, "s390x")]);
-    registry.push_image("test/app", "1", &index);
+    let registry = Registry::start().await.unwrap();
+    let mut host = TestImage::from_layers(vec![
+        layer(
+            Compression::Gzip,
+            &[("bin/hello", b"hello"), ("etc/os-release", b"ID=berth")],
+        ),
+        layer(
+            Compression::None,
+            &[("etc/passwd", b"root:x:0:0::/root:/bin/sh\n")],
+        ),
+        layer(Compression::Zstd, &[("data/z", b"zstd layer")]),
+    ])
+    .with_user("1000:1000");
+    host.cmd = vec!["/bin/hello".into(), "world".into()];
+    host.stop_signal = Some("SIGQUIT".into());
+    host.volumes = vec!["/data".into()];
+    // An OCI index: this image for the host platform, another one for linux/s390x.
+    let index = host
+        .push_with_index(&registry, "test/app", "1")
+        .await
+        .unwrap();
+    let index_digest = index.tag_digest().to_owned();
+    let other_config = index.other_config_digest.clone().unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let config = config_in(dir.path());
     let images = Arc::new(ImageManager::open(&config).await.unwrap());
-    let name = format!("{}/test/app:1", registry.addr);
+    let name = format!("{}/test/app:1", registry.host());
 
     // No hosts.toml: https is tried first, then plain http because the registry is loopback.
     let record = images.pull(&name, &Credentials::default()).await.unwrap();
-    assert_eq!(record.id, index.id);
+    assert_eq!(record.id, index.config_digest);
     assert_eq!(record.repo_tags, vec![name.clone()]);
     assert_eq!(
         record.repo_digests,
-        vec![format!("{}/test/app@{}", registry.addr, index.digest)]
+        vec![format!("{}/test/app@{index_digest}", registry.host())]
     );
     assert_eq!(record.chain_ids.len(), 3);
     assert_eq!(record.config.cmd, vec!["/bin/hello", "world"]);
@@ -101,7 +119,7 @@ async fn pull_list_status_remove_over_plain_http_localhost() {
         assert!(images.content().contains(blob), "blob {blob} missing");
     }
     assert!(
-        record.blobs.contains(&index.digest),
+        record.blobs.contains(&index_digest),
         "index is kept for GC accounting"
     );
     assert!(
@@ -112,7 +130,7 @@ async fn pull_list_status_remove_over_plain_http_localhost() {
     // Pulling again, and by digest, finds the same image and merges names.
     let again = images.pull(&name, &Credentials::default()).await.unwrap();
     assert_eq!(again.id, record.id);
-    let by_digest = format!("{}/test/app@{}", registry.addr, index.digest);
+    let by_digest = format!("{}/test/app@{index_digest}", registry.host());
     let again = images
         .pull(&by_digest, &Credentials::default())
         .await
@@ -218,12 +236,15 @@ async fn pull_list_status_remove_over_plain_http_localhost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth() {
-    let registry = Registry::start(Some(("berth", "s3cret")));
-    let image = small_image("auth", true);
-    registry.push_image("private/app", "v1", &image);
+    let registry = Registry::start_with_auth("berth", "s3cret").await.unwrap();
+    // A single Docker schema 2 manifest (no list).
+    let image = small_image("auth")
+        .push_docker_manifest(&registry, "private/app", "v1")
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let images = ImageManager::open(&config_in(dir.path())).await.unwrap();
-    let name = format!("{}/private/app:v1", registry.addr);
+    let name = format!("{}/private/app:v1", registry.host());
 
     let err = images
         .pull(&name, &Credentials::default())
@@ -266,25 +287,31 @@ async fn basic_auth() {
 
     let good = AuthConfig {
         auth: base64::engine::general_purpose::STANDARD.encode("berth:s3cret"),
-        server_address: registry.addr.clone(),
+        server_address: registry.host(),
         ..Default::default()
     };
     let record = images
         .pull(&name, &Credentials::from_cri(Some(&good)).unwrap())
         .await
         .unwrap();
-    assert_eq!(record.id, image.id);
+    assert_eq!(record.id, image.config_digest);
     assert_eq!(
         record.repo_digests,
-        vec![format!("{}/private/app@{}", registry.addr, image.digest)]
+        vec![format!(
+            "{}/private/app@{}",
+            registry.host(),
+            image.tag_digest()
+        )]
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_toml_mirror_for_an_unreachable_upstream() {
-    let registry = Registry::start(None);
-    let image = small_image("mirror", false);
-    registry.push_image("team/app", "2", &image);
+    let registry = Registry::start().await.unwrap();
+    let image = small_image("mirror")
+        .push(&registry, "team/app", "2")
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = config_in(dir.path());
     write_hosts_toml(
@@ -292,7 +319,7 @@ async fn hosts_toml_mirror_for_an_unreachable_upstream() {
         "registry.invalid",
         &format!(
             "server = \"https://registry.invalid\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            registry.addr
+            registry.host()
         ),
     );
     let images = ImageManager::open(&config).await.unwrap();
@@ -300,11 +327,11 @@ async fn hosts_toml_mirror_for_an_unreachable_upstream() {
         .pull("registry.invalid/team/app:2", &Credentials::default())
         .await
         .unwrap();
-    assert_eq!(record.id, image.id);
+    assert_eq!(record.id, image.config_digest);
     assert_eq!(record.repo_tags, vec!["registry.invalid/team/app:2"]);
     assert_eq!(
         images.resolve("registry.invalid/team/app:2").unwrap().id,
-        image.id
+        image.config_digest
     );
 
     // The mirror answers 404 and the upstream is unreachable: the 404 is what is reported.
@@ -322,13 +349,13 @@ async fn hosts_toml_mirror_for_an_unreachable_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_errors_are_classified() {
-    let registry = Registry::start(None);
+    let registry = Registry::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let images = ImageManager::open(&config_in(dir.path())).await.unwrap();
 
     let err = images
         .pull(
-            &format!("{}/library/nope:1", registry.addr),
+            &format!("{}/library/nope:1", registry.host()),
             &Credentials::default(),
         )
         .await
@@ -336,7 +363,7 @@ async fn pull_errors_are_classified() {
     assert!(matches!(err, Error::NotFound(_)), "{err:?}");
     assert_eq!(tonic::Status::from(err).code(), tonic::Code::NotFound);
 
-    let closed = format!("127.0.0.1:{}/x:1", free_port());
+    let closed = format!("127.0.0.1:{}/x:1", berth_tests::slot::free_port().unwrap());
     let err = images
         .pull(&closed, &Credentials::default())
         .await
@@ -353,34 +380,19 @@ async fn pull_errors_are_classified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_pulls_tag_moves_and_shared_layers() {
-    let registry = Registry::start(None);
-    let base: &[u8] = b"shared base layer";
-    let v1 = build_image(
-        host_arch(),
-        &[
-            (Comp::Gzip, vec![("base", base)]),
-            (Comp::Gzip, vec![("v", b"one".as_slice())]),
-        ],
-        &["sh"],
-        "",
-        false,
-    );
-    let v2 = build_image(
-        host_arch(),
-        &[
-            (Comp::Gzip, vec![("base", base)]),
-            (Comp::Gzip, vec![("v", b"two".as_slice())]),
-        ],
-        &["sh"],
-        "",
-        false,
-    );
-    registry.push_image("app", "latest", &v1);
-    registry.push_image("app", "v1", &v1);
+    let registry = Registry::start().await.unwrap();
+    let base = layer(Compression::Gzip, &[("base", b"shared base layer")]);
+    let v1_spec = TestImage::from_layers(vec![
+        base.clone(),
+        layer(Compression::Gzip, &[("v", b"one")]),
+    ]);
+    let v2_spec = TestImage::from_layers(vec![base, layer(Compression::Gzip, &[("v", b"two")])]);
+    let v1 = v1_spec.push(&registry, "app", "latest").await.unwrap();
+    v1_spec.push(&registry, "app", "v1").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let images = Arc::new(ImageManager::open(&config_in(dir.path())).await.unwrap());
-    let latest = format!("{}/app:latest", registry.addr);
-    let tag_v1 = format!("{}/app:v1", registry.addr);
+    let latest = format!("{}/app:latest", registry.host());
+    let tag_v1 = format!("{}/app:v1", registry.host());
 
     let mut tasks = Vec::new();
     for name in [&latest, &tag_v1, &latest, &tag_v1] {
@@ -390,38 +402,38 @@ async fn concurrent_pulls_tag_moves_and_shared_layers() {
         }));
     }
     for task in tasks {
-        assert_eq!(task.await.unwrap().unwrap().id, v1.id);
+        assert_eq!(task.await.unwrap().unwrap().id, v1.config_digest);
     }
-    let record_v1 = images.resolve(&v1.id).unwrap();
+    let record_v1 = images.resolve(&v1.config_digest).unwrap();
     assert_eq!(record_v1.repo_tags.len(), 2);
 
     // `latest` moves to v2; v1 keeps `v1`. The shared base layer is downloaded once and kept.
-    registry.push_image("app", "latest", &v2);
+    let v2 = v2_spec.push(&registry, "app", "latest").await.unwrap();
     let record_v2 = images.pull(&latest, &Credentials::default()).await.unwrap();
-    assert_eq!(record_v2.id, v2.id);
+    assert_eq!(record_v2.id, v2.config_digest);
     assert_eq!(record_v2.chain_ids[0], record_v1.chain_ids[0]);
     assert_eq!(
-        images.resolve(&v1.id).unwrap().repo_tags,
+        images.resolve(&v1.config_digest).unwrap().repo_tags,
         vec![tag_v1.clone()]
     );
-    assert_eq!(images.resolve(&latest).unwrap().id, v2.id);
+    assert_eq!(images.resolve(&latest).unwrap().id, v2.config_digest);
 
     // Removing v1 by id keeps everything v2 uses.
-    images.remove(&v1.id).await.unwrap();
+    images.remove(&v1.config_digest).await.unwrap();
     assert!(images.resolve(&tag_v1).is_err());
     assert!(
-        images.content().contains(&v1.layers[0]),
+        images.content().contains(&v1_spec.layers[0].digest),
         "shared layer removed"
     );
     assert!(
-        !images.content().contains(&v1.layers[1]),
+        !images.content().contains(&v1_spec.layers[1].digest),
         "v1-only layer kept"
     );
-    assert!(!images.content().contains(&v1.id));
+    assert!(!images.content().contains(&v1.config_digest));
     assert!(images.snapshotter().has_committed(&record_v2.chain_ids[0]));
     assert!(images.snapshotter().has_committed(&record_v2.chain_ids[1]));
     assert!(!images.snapshotter().has_committed(&record_v1.chain_ids[1]));
-    images.remove(&v2.id[7..20]).await.unwrap();
+    images.remove(&v2.config_digest[7..20]).await.unwrap();
     assert!(images.list().is_empty());
     assert!(images.content().list().unwrap().is_empty());
 }
@@ -435,19 +447,8 @@ async fn start_up_frees_what_an_interrupted_pull_left() {
 
     // What a pull that died after fetching a layer and unpacking it leaves: a blob and a committed chain
     // that no image record names.
-    let mut layer = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(5);
-    header.set_mode(0o644);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header.set_cksum();
-    layer
-        .append_data(&mut header, "orphan", b"bytes".as_slice())
-        .unwrap();
-    let layer = layer.into_inner().unwrap();
-    let digest = sha256(&layer);
+    let orphan = layer(Compression::None, &[("orphan", b"bytes")]);
+    let (layer, digest) = (orphan.blob, orphan.digest);
     let mut writer = images
         .content()
         .writer(&digest, Some(layer.len() as u64))

@@ -281,6 +281,8 @@ pub struct ImageSpec {
     pub working_dir: Option<String>,
     /// `config.StopSignal`.
     pub stop_signal: Option<String>,
+    /// `config.Volumes` (mount points).
+    pub volumes: Vec<String>,
     /// Architecture written in the config and the index entry.
     pub architecture: String,
 }
@@ -300,6 +302,8 @@ pub struct PushedImage {
     pub config_digest: String,
     /// Digest of the index, when pushed as a manifest list.
     pub index_digest: Option<String>,
+    /// Config digest of the other (not the host's) platform's entry, when pushed as a manifest list.
+    pub other_config_digest: Option<String>,
     /// Sum of the compressed layer sizes.
     pub compressed_size: u64,
 }
@@ -351,6 +355,7 @@ impl ImageSpec {
             env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
             working_dir: None,
             stop_signal: None,
+            volumes: Vec::new(),
             architecture: host_arch().into(),
         }
     }
@@ -379,6 +384,14 @@ impl ImageSpec {
         }
         if let Some(s) = &self.stop_signal {
             config.insert("StopSignal".into(), json!(s));
+        }
+        if !self.volumes.is_empty() {
+            let volumes: serde_json::Map<String, serde_json::Value> = self
+                .volumes
+                .iter()
+                .map(|v| (v.clone(), json!({})))
+                .collect();
+            config.insert("Volumes".into(), serde_json::Value::Object(volumes));
         }
         let diff_ids: Vec<&str> = self.layers.iter().map(|l| l.diff_id.as_str()).collect();
         let doc = json!({
@@ -431,15 +444,13 @@ impl ImageSpec {
         Ok(self.pushed(reg, repo, tag, manifest_digest, &config, None))
     }
 
-    /// Pushes the image in Docker's formats: a schema 2 manifest list (host platform plus a bogus
-    /// s390x entry) over a schema 2 manifest with Docker layer and config media types. Layers must
-    /// be gzip or uncompressed (Docker has no zstd type).
-    pub async fn push_docker(
+    /// Pushes layers and config; returns the config and a Docker schema 2 manifest (Docker layer and
+    /// config media types) for them. Layers must be gzip or uncompressed (Docker has no zstd type).
+    async fn push_docker_blobs(
         &self,
         reg: &Registry,
         repo: &str,
-        tag: &str,
-    ) -> anyhow::Result<PushedImage> {
+    ) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
         let mut layers = Vec::new();
         for l in &self.layers {
             let media = match l.media_type.as_str() {
@@ -462,6 +473,34 @@ impl ImageSpec {
             "config": {"mediaType": MEDIA_DOCKER_CONFIG, "digest": sha256_digest(&config), "size": config.len()},
             "layers": layers,
         }))?;
+        Ok((config, manifest))
+    }
+
+    /// Pushes the image as one Docker schema 2 manifest tagged `repo:tag` (no manifest list). Layers
+    /// must be gzip or uncompressed.
+    pub async fn push_docker_manifest(
+        &self,
+        reg: &Registry,
+        repo: &str,
+        tag: &str,
+    ) -> anyhow::Result<PushedImage> {
+        let (config, manifest) = self.push_docker_blobs(reg, repo).await?;
+        let manifest_digest = reg
+            .push_manifest(repo, tag, MEDIA_DOCKER_MANIFEST, &manifest)
+            .await?;
+        Ok(self.pushed(reg, repo, tag, manifest_digest, &config, None))
+    }
+
+    /// Pushes the image in Docker's formats: a schema 2 manifest list (host platform plus a bogus
+    /// s390x entry) over a schema 2 manifest with Docker layer and config media types. Layers must
+    /// be gzip or uncompressed (Docker has no zstd type).
+    pub async fn push_docker(
+        &self,
+        reg: &Registry,
+        repo: &str,
+        tag: &str,
+    ) -> anyhow::Result<PushedImage> {
+        let (config, manifest) = self.push_docker_blobs(reg, repo).await?;
         let manifest_digest = sha256_digest(&manifest);
         reg.push_manifest(repo, &manifest_digest, MEDIA_DOCKER_MANIFEST, &manifest)
             .await?;
@@ -508,7 +547,9 @@ impl ImageSpec {
         let list_digest = reg
             .push_manifest(repo, tag, MEDIA_DOCKER_LIST, &list)
             .await?;
-        Ok(self.pushed(reg, repo, tag, manifest_digest, &config, Some(list_digest)))
+        let mut pushed = self.pushed(reg, repo, tag, manifest_digest, &config, Some(list_digest));
+        pushed.other_config_digest = Some(sha256_digest(&other_config));
+        Ok(pushed)
     }
 
     /// Pushes the image behind an OCI index tagged `repo:tag` whose entries are this image for the
@@ -533,7 +574,7 @@ impl ImageSpec {
             .file("wrong-platform", 0o644, b"this is not the host platform\n")?
             .finish(Compression::Gzip)?]);
         other.architecture = other_arch.into();
-        let (_, other_manifest) = other.push_blobs(reg, repo).await?;
+        let (other_config, other_manifest) = other.push_blobs(reg, repo).await?;
         let other_digest = sha256_digest(&other_manifest);
         reg.push_manifest(repo, &other_digest, MEDIA_OCI_MANIFEST, &other_manifest)
             .await?;
@@ -552,7 +593,9 @@ impl ImageSpec {
         let index_digest = reg
             .push_manifest(repo, tag, MEDIA_OCI_INDEX, &index)
             .await?;
-        Ok(self.pushed(reg, repo, tag, manifest_digest, &config, Some(index_digest)))
+        let mut pushed = self.pushed(reg, repo, tag, manifest_digest, &config, Some(index_digest));
+        pushed.other_config_digest = Some(sha256_digest(&other_config));
+        Ok(pushed)
     }
 
     fn pushed(
@@ -571,6 +614,7 @@ impl ImageSpec {
             manifest_digest,
             config_digest: sha256_digest(config),
             index_digest,
+            other_config_digest: None,
             compressed_size: self.layers.iter().map(|l| l.blob.len() as u64).sum(),
         }
     }
