@@ -208,6 +208,20 @@ impl LayerBuilder {
     }
 }
 
+/// The platform and the one layer of the bogus "other" entry of an index or manifest list: an
+/// architecture that is never the host's, so pulls must skip it.
+fn other_platform() -> anyhow::Result<(&'static str, Layer)> {
+    let arch = if host_arch() == "s390x" {
+        "arm64"
+    } else {
+        "s390x"
+    };
+    let layer = LayerBuilder::new()
+        .file("wrong-platform", 0o644, b"this is not the host platform\n")?
+        .finish(Compression::Gzip)?;
+    Ok((arch, layer))
+}
+
 /// The base layer: busybox, applet links, passwd/group, standard dirs, `/data` with files.
 pub fn busybox_base_layer() -> anyhow::Result<Layer> {
     let busybox = std::fs::read(BUSYBOX)
@@ -505,14 +519,7 @@ impl ImageSpec {
         reg.push_manifest(repo, &manifest_digest, MEDIA_DOCKER_MANIFEST, &manifest)
             .await?;
         // A real (tiny) manifest for the other platform: the registry checks list entries exist.
-        let other_arch = if host_arch() == "s390x" {
-            "arm64"
-        } else {
-            "s390x"
-        };
-        let other_layer = LayerBuilder::new()
-            .file("wrong-platform", 0o644, b"this is not the host platform\n")?
-            .finish(Compression::Gzip)?;
+        let (other_arch, other_layer) = other_platform()?;
         reg.push_blob(repo, &other_layer.blob)
             .await
             .context("pushing other layer")?;
@@ -565,14 +572,8 @@ impl ImageSpec {
         reg.push_manifest(repo, &manifest_digest, MEDIA_OCI_MANIFEST, &manifest)
             .await?;
 
-        let other_arch = if host_arch() == "s390x" {
-            "arm64"
-        } else {
-            "s390x"
-        };
-        let mut other = Self::from_layers(vec![LayerBuilder::new()
-            .file("wrong-platform", 0o644, b"this is not the host platform\n")?
-            .finish(Compression::Gzip)?]);
+        let (other_arch, other_layer) = other_platform()?;
+        let mut other = Self::from_layers(vec![other_layer]);
         other.architecture = other_arch.into();
         let (other_config, other_manifest) = other.push_blobs(reg, repo).await?;
         let other_digest = sha256_digest(&other_manifest);
