@@ -1,11 +1,16 @@
 //! Identifiers for sandboxes and containers: 64 lowercase hex digits, like containerd and CRI-O.
 
-/// A fresh random 256-bit id in hex.
-pub fn new_id() -> String {
+use crate::error::{Error, Result};
+
+/// A fresh random 256-bit id in hex. Fails only when the kernel's random source does.
+pub fn new_id() -> Result<String> {
     let mut bytes = [0u8; 32];
-    // getrandom only fails when the kernel has no entropy source at all; there is nothing sane to do then.
-    getrandom::fill(&mut bytes).expect("kernel random source unavailable");
-    hex::encode(bytes)
+    getrandom::fill(&mut bytes).map_err(|e| {
+        Error::Internal(format!(
+            "reading the kernel's random source for a new id: {e}"
+        ))
+    })?;
+    Ok(hex::encode(bytes))
 }
 
 #[cfg(test)]
@@ -14,8 +19,8 @@ mod tests {
 
     #[test]
     fn ids_are_64_hex_and_distinct() {
-        let a = new_id();
-        let b = new_id();
+        let a = new_id().unwrap();
+        let b = new_id().unwrap();
         assert_eq!(a.len(), 64);
         assert!(a
             .chars()

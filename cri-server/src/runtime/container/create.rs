@@ -126,7 +126,7 @@ pub(super) async fn create(mgr: &ContainerManager, req: CreateContainerRequest) 
         libc::SIGTERM as u32
     });
 
-    let id = crate::id::new_id();
+    let id = crate::id::new_id()?;
     let target_pid_ns = target_pid_namespace(mgr, &config);
     let oci = spec::build_spec(&SpecInput {
         id: &id,

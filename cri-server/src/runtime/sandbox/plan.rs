@@ -121,7 +121,7 @@ impl Plan {
             port_mappings.clear();
         }
 
-        let id = crate::id::new_id();
+        let id = crate::id::new_id()?;
         let cgroup_path = cgroup::pod_cgroup_path(&linux.cgroup_parent, &id)?;
         let dns = config
             .dns_config
