@@ -116,6 +116,11 @@ impl ContainerTask {
         &self.bundle
     }
 
+    /// The reaper of this shim (shared with the exec processes, see `exec.rs`).
+    pub fn reaper(&self) -> Arc<Reaper> {
+        self.reaper.clone()
+    }
+
     /// Mounts the rootfs, resolves the user, sets up stdio and creates the container (init
     /// waiting for start). Returns the init pid. On failure everything done is undone.
     pub fn create(&self, opts: CreateOptions) -> Result<u32> {

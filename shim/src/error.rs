@@ -69,6 +69,16 @@ pub enum Error {
         /// libcontainer's error.
         msg: String,
     },
+    /// Starting an exec process failed (libcontainer, in the exec helper).
+    #[error("container {id}: exec {exec_id}: {msg}")]
+    Exec {
+        /// Container id.
+        id: String,
+        /// Exec id.
+        exec_id: String,
+        /// libcontainer's error.
+        msg: String,
+    },
     /// The cgroup could not be read or changed.
     #[error("container {id}: cgroup {op}: {msg}")]
     Cgroup {
@@ -127,6 +137,7 @@ impl Error {
             Error::Rootfs { .. }
             | Error::Container { .. }
             | Error::Create { .. }
+            | Error::Exec { .. }
             | Error::Cgroup { .. }
             | Error::Io { .. } => Code::INTERNAL,
         }

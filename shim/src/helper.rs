@@ -37,17 +37,31 @@ use crate::user;
 /// Annotation carrying an image/CRI user given by name, resolved against the image.
 pub const USER_ANNOTATION: &str = "io.berth.user";
 /// The helper's result pipe.
-const RESULT_FD: i32 = 3;
+pub const RESULT_FD: i32 = 3;
 
 /// Daemon side: creates the container through a helper process; returns the init pid.
 /// Call with the reaper's fork lock held; register the pid before releasing it.
 pub fn create(id: &str, bundle: &Path, stdio: ContainerStdio) -> Result<i32> {
+    spawn(id, bundle, "create-helper", &[], stdio)
+}
+
+/// Daemon side of any helper (`create-helper`, `exec-helper`): runs `berth-shim <subcommand>`
+/// with `env` added and `stdio` as its 0/1/2, waits for it and returns the pid it reported.
+/// Call with the reaper's fork lock held; register the pid before releasing it.
+pub fn spawn(
+    id: &str,
+    bundle: &Path,
+    subcommand: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+    stdio: ContainerStdio,
+) -> Result<i32> {
     let (result_r, result_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
         .map_err(|e| Error::io(id, "create result pipe", e.into()))?;
     let exe = std::env::current_exe().map_err(|e| Error::io(id, "locate own executable", e))?;
     let w = result_w.as_raw_fd();
     let mut cmd = Command::new(exe);
-    cmd.arg("create-helper")
+    cmd.arg(subcommand)
+        .envs(env.iter().copied())
         .arg("--id")
         .arg(id)
         .arg("--bundle")
@@ -71,10 +85,10 @@ pub fn create(id: &str, bundle: &Path, stdio: ContainerStdio) -> Result<i32> {
     // Drop our copies of the container's pipe ends (held by `cmd`) and of the result pipe.
     drop(cmd);
     drop(result_w);
-    let mut child = spawned.map_err(|e| Error::io(id, "spawn create helper", e))?;
+    let mut child = spawned.map_err(|e| Error::io(id, format!("spawn {subcommand}"), e))?;
     let status = child
         .wait()
-        .map_err(|e| Error::io(id, "wait for create helper", e))?;
+        .map_err(|e| Error::io(id, format!("wait for {subcommand}"), e))?;
     let line = read_available(result_r);
     match parse_result(&line) {
         Some(Ok(pid)) if status.success() => Ok(pid),
@@ -90,7 +104,7 @@ pub fn create(id: &str, bundle: &Path, stdio: ContainerStdio) -> Result<i32> {
         }),
         _ => Err(Error::Create {
             id: id.to_string(),
-            msg: format!("create helper failed ({status}) with result {line:?}"),
+            msg: format!("{subcommand} failed ({status}) with result {line:?}"),
         }),
     }
 }

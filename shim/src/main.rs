@@ -4,6 +4,7 @@
 //! - `berth-shim start --id <ID> --bundle <DIR>`: launch the daemon, print its socket path.
 //! - `berth-shim serve --id <ID> --bundle <DIR>`: the daemon itself.
 //! - `berth-shim create-helper --id <ID> --bundle <DIR>`: internal, see `helper.rs`.
+//! - `berth-shim exec-helper --id <ID> --bundle <DIR>`: internal, see `exec_helper.rs`.
 //! - `berth-shim pod-init --id <SANDBOX> --bundle <SANDBOX DIR>`: a pod's PID namespace init,
 //!   see `pod_init.rs`.
 //!
@@ -13,9 +14,12 @@
 mod container;
 mod cri_log;
 mod error;
+mod exec;
+mod exec_helper;
 mod executor;
 mod helper;
 mod log;
+mod log_reopen;
 mod pod_init;
 mod propagation;
 mod reaper;
@@ -41,6 +45,7 @@ enum Command {
     Start,
     Serve,
     CreateHelper,
+    ExecHelper,
     PodInit,
 }
 
@@ -51,6 +56,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         Some("start") => Command::Start,
         Some("serve") => Command::Serve,
         Some("create-helper") => Command::CreateHelper,
+        Some("exec-helper") => Command::ExecHelper,
         Some("pod-init") => Command::PodInit,
         _ => return Err(USAGE.to_string()),
     };
@@ -109,9 +115,13 @@ fn main() -> ExitCode {
         Command::Serve => serve::run(&args.id, &bundle),
         // The sandbox dir is only named (on the command line, to find leaked holders).
         Command::PodInit => pod_init::run(),
-        Command::CreateHelper => {
+        Command::CreateHelper | Command::ExecHelper => {
             // Its stdout/stderr are the container's: it reports on fd 3 and prints nothing.
-            let ok = helper::run(&args.id, &bundle);
+            let ok = if args.command == Command::ExecHelper {
+                exec_helper::run(&args.id, &bundle)
+            } else {
+                helper::run(&args.id, &bundle)
+            };
             return if ok {
                 ExitCode::SUCCESS
             } else {

@@ -17,13 +17,15 @@
 //!   runs with the fork lock held, so the reaper never reaps while someone else waits; by the
 //!   time it gets the lock, that child has been reaped by its owner.
 //! - `create` registers the init pid ([`Reaper::watch`]) before it releases the fork lock, so the
-//!   reaper always knows the init pid when it reaps it. Exits of other pids (orphans) are
-//!   discarded.
+//!   reaper always knows the init pid when it reaps it. Exec processes are registered the same
+//!   way ([`Reaper::watch_exec`]) and their exits kept until the exec is deleted. Exits of other
+//!   pids (orphans) are discarded.
 //! - With no children at all `waitid` fails with ECHILD; the reaper then sleeps on a condvar
 //!   until the next `watch` instead of spinning.
 //!
 //! Exit status: the exit code, or 128 + signal number when the init was killed by a signal.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,6 +46,8 @@ pub struct Exit {
 struct State {
     init_pid: Option<i32>,
     exit: Option<Exit>,
+    /// Exec processes (see `exec.rs`) by pid, with their exit once reaped.
+    execs: HashMap<i32, Option<Exit>>,
     /// Bumped by every `watch`: wakes a reaper that found no children.
     generation: u64,
 }
@@ -79,6 +83,52 @@ impl Reaper {
         st.init_pid = Some(pid);
         st.exit = None;
         st.generation += 1;
+        self.cv.notify_all();
+    }
+
+    /// Registers an exec process pid. Call with the fork lock held, before the pid can be reaped.
+    pub fn watch_exec(&self, pid: i32) {
+        let mut st = lock(&self.state);
+        st.execs.insert(pid, None);
+        st.generation += 1;
+        self.cv.notify_all();
+    }
+
+    /// The exit of exec process `pid`, if it has exited.
+    pub fn exec_exit(&self, pid: i32) -> Option<Exit> {
+        lock(&self.state).execs.get(&pid).copied().flatten()
+    }
+
+    /// Blocks until exec process `pid` exited (or `timeout`, when given, passed). None also for
+    /// a pid that is not watched.
+    pub fn wait_exec_exit(&self, pid: i32, timeout: Option<Duration>) -> Option<Exit> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = lock(&self.state);
+        loop {
+            match st.execs.get(&pid) {
+                None => return None,
+                Some(Some(exit)) => return Some(*exit),
+                Some(None) => {}
+            }
+            st = match deadline {
+                None => self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    match self.cv.wait_timeout(st, d - now) {
+                        Ok((g, _)) => g,
+                        Err(p) => p.into_inner().0,
+                    }
+                }
+            };
+        }
+    }
+
+    /// Stops tracking exec process `pid` (its exec was deleted).
+    pub fn forget_exec(&self, pid: i32) {
+        lock(&self.state).execs.remove(&pid);
         self.cv.notify_all();
     }
 
@@ -148,6 +198,13 @@ impl Reaper {
             if st.init_pid == Some(pid.as_raw()) && st.exit.is_none() {
                 crate::info!("container init {pid} exited with status {status}");
                 st.exit = Some(Exit {
+                    status,
+                    at: SystemTime::now(),
+                });
+                self.cv.notify_all();
+            } else if let Some(slot @ None) = st.execs.get_mut(&pid.as_raw()) {
+                crate::info!("exec process {pid} exited with status {status}");
+                *slot = Some(Exit {
                     status,
                     at: SystemTime::now(),
                 });

@@ -19,17 +19,28 @@ use containerd_shim_protos::Task;
 
 use crate::container::{self, ContainerTask, CreateOptions};
 use crate::error::{Error, Result};
+use crate::exec::{ExecOptions, Execs};
 
 /// The `Task` service of one shim.
 pub struct TaskService {
     task: Arc<ContainerTask>,
+    execs: Execs,
     shutdown: Sender<()>,
 }
 
 impl TaskService {
     /// Serves `task`; a `shutdown` that may exit sends on `shutdown`.
     pub fn new(task: Arc<ContainerTask>, shutdown: Sender<()>) -> Self {
-        TaskService { task, shutdown }
+        let execs = Execs::new(
+            task.id().to_string(),
+            task.bundle().to_path_buf(),
+            task.reaper(),
+        );
+        TaskService {
+            task,
+            execs,
+            shutdown,
+        }
     }
 
     /// Checks the request targets this shim's container (and not an exec process).
@@ -47,6 +58,39 @@ impl TaskService {
             });
         }
         Ok(())
+    }
+}
+
+impl TaskService {
+    /// `state` of an exec process.
+    fn exec_state(&self, req: &StateRequest) -> ttrpc::Result<StateResponse> {
+        let st = finish(
+            "state",
+            self.check(&req.id, "")
+                .and_then(|()| self.execs.state(&req.exec_id)),
+        )?;
+        let mut resp = StateResponse::new();
+        resp.id = self.task.id().to_string();
+        resp.exec_id = req.exec_id.clone();
+        resp.bundle = self.task.bundle().display().to_string();
+        resp.pid = st.pid;
+        resp.status = status(st.status).into();
+        resp.stdin = st.stdin;
+        resp.stdout = st.stdout;
+        resp.stderr = st.stderr;
+        if let Some(exit) = st.exit {
+            resp.exit_status = exit.status;
+            resp.exited_at = timestamp(exit.at);
+        }
+        Ok(resp)
+    }
+}
+
+fn status(s: container::Status) -> Status {
+    match s {
+        container::Status::Created => Status::CREATED,
+        container::Status::Running => Status::RUNNING,
+        container::Status::Stopped => Status::STOPPED,
     }
 }
 
@@ -119,11 +163,15 @@ impl Task for TaskService {
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
         crate::info!("start id={} exec_id={}", req.id, req.exec_id);
-        let pid = finish(
-            "start",
-            self.check(&req.id, &req.exec_id)
-                .and_then(|()| self.task.start()),
-        )?;
+        let res = self.check(&req.id, "").and_then(|()| {
+            if req.exec_id.is_empty() {
+                self.task.start()
+            } else {
+                let status = self.task.state()?.status;
+                self.execs.start(&req.exec_id, status)
+            }
+        });
+        let pid = finish("start", res)?;
         let mut resp = StartResponse::new();
         resp.pid = pid;
         Ok(resp)
@@ -131,6 +179,9 @@ impl Task for TaskService {
 
     // Not logged unless it fails: berthd polls state, the log would grow without bound.
     fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
+        if !req.exec_id.is_empty() {
+            return self.exec_state(&req);
+        }
         let st = finish(
             "state",
             self.check(&req.id, &req.exec_id)
@@ -140,12 +191,7 @@ impl Task for TaskService {
         resp.id = self.task.id().to_string();
         resp.bundle = self.task.bundle().display().to_string();
         resp.pid = st.pid;
-        resp.status = match st.status {
-            container::Status::Created => Status::CREATED,
-            container::Status::Running => Status::RUNNING,
-            container::Status::Stopped => Status::STOPPED,
-        }
-        .into();
+        resp.status = status(st.status).into();
         resp.stdin = st.stdin;
         resp.stdout = st.stdout;
         resp.stderr = st.stderr;
@@ -160,8 +206,13 @@ impl Task for TaskService {
         crate::info!("wait id={} exec_id={}", req.id, req.exec_id);
         let exit = finish(
             "wait",
-            self.check(&req.id, &req.exec_id)
-                .and_then(|()| self.task.wait()),
+            self.check(&req.id, "").and_then(|()| {
+                if req.exec_id.is_empty() {
+                    self.task.wait()
+                } else {
+                    self.execs.wait(&req.exec_id)
+                }
+            }),
         )?;
         let mut resp = WaitResponse::new();
         resp.exit_status = exit.status;
@@ -170,17 +221,42 @@ impl Task for TaskService {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
-        crate::info!("kill id={} signal={} all={}", req.id, req.signal, req.all);
+        crate::info!(
+            "kill id={} exec_id={} signal={} all={}",
+            req.id,
+            req.exec_id,
+            req.signal,
+            req.all
+        );
         finish(
             "kill",
-            self.check(&req.id, &req.exec_id)
-                .and_then(|()| self.task.kill(req.signal, req.all)),
+            self.check(&req.id, "").and_then(|()| {
+                if req.exec_id.is_empty() {
+                    self.task.kill(req.signal, req.all)
+                } else {
+                    self.execs.kill(&req.exec_id, req.signal)
+                }
+            }),
         )?;
         Ok(Empty::new())
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
         crate::info!("delete id={} exec_id={}", req.id, req.exec_id);
+        if !req.exec_id.is_empty() {
+            let (pid, exit) = finish(
+                "delete",
+                self.check(&req.id, "")
+                    .and_then(|()| self.execs.delete(&req.exec_id)),
+            )?;
+            let mut resp = DeleteResponse::new();
+            resp.pid = pid;
+            if let Some(exit) = exit {
+                resp.exit_status = exit.status;
+                resp.exited_at = timestamp(exit.at);
+            }
+            return Ok(resp);
+        }
         let d = finish(
             "delete",
             self.check(&req.id, &req.exec_id)
@@ -258,8 +334,33 @@ impl Task for TaskService {
         finish("stats", Err(Error::Unimplemented("stats")))
     }
 
-    fn exec(&self, _ctx: &TtrpcContext, _req: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        finish("exec", Err(Error::Unimplemented("exec")))
+    fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        crate::info!(
+            "exec id={} exec_id={} terminal={} stdout={} stderr={}",
+            req.id,
+            req.exec_id,
+            req.terminal,
+            req.stdout,
+            req.stderr
+        );
+        let res = self.check(&req.id, "").and_then(|()| {
+            let Some(spec) = req.spec.as_ref() else {
+                return Err(Error::InvalidArgument {
+                    id: self.task.id().to_string(),
+                    msg: format!("exec {} without a process spec", req.exec_id),
+                });
+            };
+            self.execs.add(ExecOptions {
+                exec_id: req.exec_id.clone(),
+                terminal: req.terminal,
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                process_json: spec.value.clone(),
+            })
+        });
+        finish("exec", res)?;
+        Ok(Empty::new())
     }
 
     fn resize_pty(&self, _ctx: &TtrpcContext, _req: ResizePtyRequest) -> ttrpc::Result<Empty> {

@@ -3,10 +3,9 @@
 //! Both copiers append to the same file through one mutex, each record in one write(2), so
 //! records never interleave. [`IoTracker`] tells `wait` when both pipes reached EOF (drained).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -71,6 +70,12 @@ pub struct ContainerStdio {
 /// starts the copiers. Returns the container's ends and the tracker for `wait`.
 pub fn setup(id: &str, log_path: &str) -> Result<(ContainerStdio, Arc<IoTracker>)> {
     let sink = Arc::new(Mutex::new(open_log(id, log_path)?));
+    // Installed even without a log: a stray SIGUSR1 must never terminate the shim.
+    crate::log_reopen::install()
+        .map_err(|e| Error::io(id, "log reopen on SIGUSR1", std::io::Error::other(e)))?;
+    if !log_path.is_empty() {
+        crate::log_reopen::register(Path::new(log_path), &sink);
+    }
     let stdin = File::open("/dev/null").map_err(|e| Error::io(id, "open /dev/null", e))?;
     let (out_r, out_w) = pipe(id)?;
     let (err_r, err_w) = pipe(id)?;
@@ -101,11 +106,7 @@ fn open_log(id: &str, log_path: &str) -> Result<Option<File>> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(id, format!("create log directory {}", dir.display()), e))?;
     }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
+    crate::log_reopen::open_append(path)
         .map(Some)
         .map_err(|e| Error::io(id, format!("open log file {log_path}"), e))
 }

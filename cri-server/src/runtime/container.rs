@@ -9,9 +9,11 @@
 mod cgroup;
 mod create;
 mod devices;
+pub mod exec;
 mod filter;
 mod lifecycle;
 pub mod log_path;
+mod log_reopen;
 mod record;
 pub mod shim_client;
 pub mod signal;
@@ -112,6 +114,8 @@ pub struct ContainerManager {
     shim_binary: PathBuf,
     /// berthd's bounding capability set: what privileged containers get.
     host_capabilities: HashSet<oci_spec::runtime::Capability>,
+    /// What ContainerStats reads (cgroups, writable layers, previous CPU samples).
+    stats: crate::runtime::stats::StatsSource,
 }
 
 impl ContainerManager {
@@ -127,6 +131,12 @@ impl ContainerManager {
             .map_err(|e| Error::io(format!("creating {}", bundles.display()), e))?;
         let cgroups = sandboxes.cgroup_layout();
         let cgroup_v2 = cgroups.as_deref().is_some_and(CgroupLayout::is_v2);
+        let stats = crate::runtime::stats::StatsSource {
+            cgroups: cgroups.clone(),
+            snapshotter: images.snapshotter().clone(),
+            snapshots_dir: config.root.join("snapshots"),
+            cpu: Default::default(),
+        };
         let shared = Arc::new(Shared {
             store,
             index: Mutex::new(Index::default()),
@@ -140,6 +150,7 @@ impl ContainerManager {
             bundles,
             shim_binary: shim_client::shim_binary(&config.runtime.shim_path),
             host_capabilities: spec::capabilities_from_mask(bounding_capability_mask()),
+            stats,
         };
         let records = manager.shared.store.load_all()?;
         for rec in records {
@@ -253,6 +264,40 @@ impl ContainerManager {
         let (_, entry) = self.resolve(&req.container_id)?;
         let resources = req.linux.unwrap_or_default();
         lifecycle::update_resources(&self.shared, &entry, &resources).await
+    }
+
+    /// What the stats code reads.
+    pub fn stats_source(&self) -> crate::runtime::stats::StatsSource {
+        self.stats.clone()
+    }
+
+    /// The record of a container (id or unique prefix), for ContainerStats.
+    pub fn stats_record(&self, id: &str) -> Result<ContainerRecord> {
+        Ok(self.resolve(id)?.1.snapshot())
+    }
+
+    /// Records of the created and running containers passing `filter`, oldest first (ListContainerStats).
+    pub fn stats_records(&self, filter: &ContainerFilter) -> Vec<ContainerRecord> {
+        let entries: Vec<Arc<Entry>> = lock(&self.shared.index).entries.values().cloned().collect();
+        let mut records: Vec<ContainerRecord> = entries
+            .iter()
+            .map(|e| e.snapshot())
+            .filter(|r| matches!(r.state, State::Created | State::Running))
+            .filter(|r| filter::matches(r, filter))
+            .collect();
+        records.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        records
+    }
+
+    /// ReopenContainerLog: asks the running container's shim to reopen its log file (see `log_reopen`).
+    pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        let (_, entry) = self.resolve(id)?;
+        let rec = entry.snapshot();
+        log_reopen::reopen(&rec).await
     }
 
     fn ids_in_sandbox(&self, sandbox_id: &str) -> Vec<Arc<Entry>> {

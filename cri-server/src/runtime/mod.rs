@@ -3,6 +3,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod sandbox;
+pub mod stats;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -225,16 +226,25 @@ impl RuntimeService for RuntimeHandlers {
 
     async fn reopen_container_log(
         &self,
-        _request: Request<ReopenContainerLogRequest>,
+        request: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        Err(unimplemented("ReopenContainerLog"))
+        let req = request.into_inner();
+        require("container_id", &req.container_id)?;
+        self.containers.reopen_log(&req.container_id).await?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
     }
 
     async fn exec_sync(
         &self,
-        _request: Request<ExecSyncRequest>,
+        request: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
-        Err(unimplemented("ExecSync"))
+        let req = request.into_inner();
+        require("container_id", &req.container_id)?;
+        Ok(Response::new(
+            self.containers
+                .exec_sync(&req.container_id, req.cmd, req.timeout)
+                .await?,
+        ))
     }
 
     async fn exec(&self, _request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
@@ -257,30 +267,45 @@ impl RuntimeService for RuntimeHandlers {
 
     async fn container_stats(
         &self,
-        _request: Request<ContainerStatsRequest>,
+        request: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
-        Err(unimplemented("ContainerStats"))
+        let req = request.into_inner();
+        require("container_id", &req.container_id)?;
+        let stats = stats::container_stats(&self.containers, &req.container_id).await?;
+        Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
     }
 
     async fn list_container_stats(
         &self,
-        _request: Request<ListContainerStatsRequest>,
+        request: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        Err(unimplemented("ListContainerStats"))
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let stats = stats::list_container_stats(&self.containers, filter).await?;
+        Ok(Response::new(ListContainerStatsResponse { stats }))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _request: Request<PodSandboxStatsRequest>,
+        request: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        Err(unimplemented("PodSandboxStats"))
+        let req = request.into_inner();
+        require("pod_sandbox_id", &req.pod_sandbox_id)?;
+        let stats =
+            stats::pod_sandbox_stats(&self.sandboxes, &self.containers, &req.pod_sandbox_id)
+                .await?;
+        Ok(Response::new(PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _request: Request<ListPodSandboxStatsRequest>,
+        request: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxStats"))
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let stats =
+            stats::list_pod_sandbox_stats(&self.sandboxes, &self.containers, filter).await?;
+        Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
 
     async fn update_runtime_config(
