@@ -1,5 +1,6 @@
 //! berthd configuration: one TOML struct whose serde defaults are the embedded defaults.
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Container runtime settings.
     pub runtime: RuntimeConfig,
+    /// Prometheus metrics endpoint.
+    pub metrics: MetricsConfig,
 }
 
 /// Logging settings.
@@ -80,6 +83,30 @@ pub struct RuntimeConfig {
     pub sandbox_stop_timeout_secs: u64,
 }
 
+/// The Prometheus `/metrics` endpoint (plain HTTP, no auth: keep it on loopback or behind a proxy).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` at all.
+    pub enabled: bool,
+    /// TCP address `/metrics` is served on.
+    pub address: SocketAddr,
+}
+
+/// `127.0.0.1:9464`: loopback only (the endpoint has no auth), a port in the exporters' 9100-9999 range
+/// clear of Prometheus and CRI-O (9090), node_exporter (9100) and the kubelet (10250).
+pub const DEFAULT_METRICS_ADDRESS: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464));
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: DEFAULT_METRICS_ADDRESS,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -90,6 +117,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
             runtime: RuntimeConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -201,6 +229,18 @@ mod tests {
         assert_eq!(cfg.cni.conf_dir, PathBuf::from("/tmp/cni"));
         assert_eq!(cfg.cni.bin_dirs, CniConfig::default().bin_dirs);
         assert_eq!(cfg.socket, Config::default().socket);
+    }
+
+    #[test]
+    fn metrics_section() {
+        let cfg = Config::default();
+        assert!(cfg.metrics.enabled);
+        assert_eq!(cfg.metrics.address.to_string(), "127.0.0.1:9464");
+        let cfg: Config =
+            toml::from_str("[metrics]\nenabled = false\naddress = \"[::1]:9999\"\n").unwrap();
+        assert!(!cfg.metrics.enabled);
+        assert_eq!(cfg.metrics.address.to_string(), "[::1]:9999");
+        assert!(toml::from_str::<Config>("[metrics]\naddress = \"localhost\"\n").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod error;
 pub mod id;
 pub mod image;
 pub mod logging;
+pub mod metrics;
 pub mod network;
 pub mod runtime;
 pub mod server;

@@ -1,4 +1,5 @@
-//! Starts the gRPC server on the unix socket and wires the services to their managers.
+//! Starts the gRPC server on the unix socket and wires the services to their managers; serves
+//! Prometheus metrics on TCP next to it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -12,6 +13,9 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::config::Config;
 use crate::image::manager::ImageManager;
 use crate::image::ImageHandlers;
+use crate::metrics;
+use crate::metrics::grpc::GrpcMetricsLayer;
+use crate::metrics::state::StateSource;
 use crate::runtime::RuntimeHandlers;
 
 /// Runs berthd until SIGINT or SIGTERM. Containers keep running after berthd exits.
@@ -36,9 +40,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .context("opening image store")?,
     );
-    let runtime = RuntimeHandlers::new(&config, images.clone())
-        .await
-        .context("recovering runtime state")?;
+    // Bound before anything is recovered or served: a taken port stops berthd at once.
+    let metrics_listener = if config.metrics.enabled {
+        Some(metrics::http::bind(config.metrics.address).await?)
+    } else {
+        None
+    };
+    let runtime = Arc::new(
+        RuntimeHandlers::new(&config, images.clone())
+            .await
+            .context("recovering runtime state")?,
+    );
+    // Dropped (aborting the endpoint and its connections) when this function returns.
+    let _metrics_server = metrics_listener.map(|listener| {
+        let source = Arc::new(StateSource::new(
+            runtime.clone(),
+            images.clone(),
+            &config.state,
+        ));
+        let render: metrics::http::Render = Arc::new(move || {
+            let source = source.clone();
+            Box::pin(async move { source.render(metrics::global()).await })
+        });
+        tracing::info!(address = %config.metrics.address, "serving Prometheus metrics on /metrics");
+        AbortOnDrop(tokio::spawn(metrics::http::serve(listener, render)))
+    });
 
     let listener = UnixListener::bind(&config.socket)
         .with_context(|| format!("binding {}", config.socket.display()))?;
@@ -47,13 +73,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(socket = %config.socket.display(), "berthd serving CRI v1");
 
     tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(runtime))
+        .layer(GrpcMetricsLayer)
+        .add_service(RuntimeServiceServer::from_arc(runtime))
         .add_service(ImageServiceServer::new(ImageHandlers::new(images)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await
         .context("serving gRPC")?;
     tracing::info!("berthd stopped; containers keep running");
     Ok(())
+}
+
+/// Aborts a background task when berthd's serving scope ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn shutdown_signal() {

@@ -32,6 +32,9 @@ pub struct BerthdOptions {
     /// Name of the root dir inside the slot dir (default `root`). A long name makes every
     /// snapshot path long, e.g. to push overlay options past one page.
     pub root_dir_name: String,
+    /// Serve berthd's Prometheus endpoint (on a free loopback port, see [`Berthd::metrics_address`]).
+    /// When false the generated config sets `[metrics] enabled = false`.
+    pub metrics: bool,
 }
 
 impl Default for BerthdOptions {
@@ -40,6 +43,7 @@ impl Default for BerthdOptions {
             log_level: "info,cri_server=debug,snapshotter=debug,shim=debug".into(),
             extra_config: String::new(),
             root_dir_name: "root".into(),
+            metrics: true,
         }
     }
 }
@@ -52,6 +56,7 @@ pub struct Berthd {
     child: Mutex<Option<Child>>,
     channel: Mutex<Option<Channel>>,
     passed: AtomicBool,
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// The directory holding berthd and berth-shim: `$BERTH_BIN_DIR`, else the cargo profile dir of the
@@ -85,6 +90,16 @@ impl Berthd {
             child: Mutex::new(None),
             channel: Mutex::new(None),
             passed: AtomicBool::new(false),
+            // Every berthd gets its own port: the default (127.0.0.1:9464) would collide between
+            // parallel tests.
+            metrics_address: if opts.metrics {
+                Some(std::net::SocketAddr::from((
+                    [127, 0, 0, 1],
+                    crate::slot::free_port()?,
+                )))
+            } else {
+                None
+            },
         };
         for sub in ["cni", "certs.d", "logs"] {
             std::fs::create_dir_all(d.dir().join(sub))
@@ -112,7 +127,7 @@ impl Berthd {
              [cni]\nconf_dir = {cni}\nbin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\n\n\
              [cni.default_network]\nname = {net:?}\nbridge = {br:?}\nsubnet = {subnet:?}\n\n\
              [registry]\nconfig_path = {certs}\n\n[runtime]\nshim_path = {shim}\n\
-             sandbox_stop_timeout_secs = 5\n\n{extra}",
+             sandbox_stop_timeout_secs = 5\n\n{metrics}\n{extra}",
             socket = q(&self.socket()),
             root = q(&self.root()),
             state = q(&self.state()),
@@ -123,6 +138,10 @@ impl Berthd {
             subnet = self.slot.subnet(),
             certs = q(&self.certs_dir()),
             shim = q(&self.bin_dir.join("berth-shim")),
+            metrics = match self.metrics_address {
+                Some(a) => format!("[metrics]\naddress = \"{a}\"\n"),
+                None => "[metrics]\nenabled = false\n".into(),
+            },
             extra = opts.extra_config,
         )
     }
@@ -234,6 +253,33 @@ impl Berthd {
             Ok(c) => ImageServiceClient::new(c),
             Err(_) => ImageServiceClient::new(lazy_channel(&self.socket())),
         }
+    }
+
+    /// Where berthd serves `/metrics` (`None` when started with `metrics: false`).
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_address
+    }
+
+    /// GETs `http://<metrics address>/metrics` and returns the body (error unless 200).
+    pub async fn scrape_metrics(&self) -> anyhow::Result<String> {
+        let addr = self
+            .metrics_address
+            .context("berthd was started with metrics disabled")?;
+        let resp = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("building HTTP client")?
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .with_context(|| format!("GET http://{addr}/metrics"))?;
+        let status = resp.status();
+        let body = resp.text().await.context("reading /metrics body")?;
+        if !status.is_success() {
+            bail!("GET /metrics: {status}: {body}");
+        }
+        Ok(body)
     }
 
     /// The test slot (number, bridge, subnet, cgroup parent).

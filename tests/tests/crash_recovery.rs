@@ -29,7 +29,7 @@ async fn containers_survive_a_berthd_crash() -> anyhow::Result<()> {
         d,
         &pod_id,
         &pod,
-        cri::container_config("survivor", env.busybox(), &["sleep", "1000"]),
+        cri::container_config("survivor", env.busybox(), &["sleep", "1013"]),
     )
     .await?;
     let orphan = cri::run_container(
@@ -41,11 +41,11 @@ async fn containers_survive_a_berthd_crash() -> anyhow::Result<()> {
     .await?;
     let st = cri::wait_state(d, &survivor, RUNNING, Duration::from_secs(10)).await?;
     cri::wait_state(d, &orphan, RUNNING, Duration::from_secs(10)).await?;
-    let sleeper = pids_mentioning("sleep 1000");
+    let sleeper = pids_mentioning("sleep 1013");
     assert_eq!(
         sleeper.len(),
         1,
-        "exactly one `sleep 1000` process: {sleeper:?}"
+        "exactly one `sleep 1013` process: {sleeper:?}"
     );
 
     d.kill();

@@ -14,6 +14,7 @@ use crate::image::record::ImageRecord;
 use crate::image::reference::ImageRef;
 use crate::image::registry::Credentials;
 use crate::image::store::{ImageStore, Removal};
+use crate::metrics::PullTracker;
 
 /// Owns the content store, the committed layer snapshots and the image records.
 pub struct ImageManager {
@@ -105,6 +106,18 @@ impl ImageManager {
     /// Pulls `reference` (any form `ImageRef::parse` accepts) and returns the stored record.
     /// Concurrent pulls of the same reference are serialized; the second finds everything present.
     pub async fn pull(&self, reference: &str, credentials: &Credentials) -> Result<ImageRecord> {
+        let tracker = PullTracker::start();
+        let result = self.pull_tracked(reference, credentials, &tracker).await;
+        tracker.finish(result.is_ok());
+        result
+    }
+
+    async fn pull_tracked(
+        &self,
+        reference: &str,
+        credentials: &Credentials,
+        tracker: &PullTracker,
+    ) -> Result<ImageRecord> {
         let image = ImageRef::parse(reference)?;
         let _same_reference = self.pull_locks.lock(&image.to_string()).await;
         let started = std::time::Instant::now();
@@ -117,6 +130,7 @@ impl ImageManager {
             locks: &self.blob_locks,
             gate: &self.gate,
             platform: &self.platform,
+            downloaded: tracker.downloaded(),
         };
         let pulled = pull::pull(&ctx, &image, credentials, &mut lease).await?;
         let (record, dropped) = self.records.add(pulled)?;

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -40,6 +41,8 @@ pub struct PullContext<'a> {
     pub gate: &'a GcGate,
     /// The platform to pick from indexes.
     pub platform: &'a HostPlatform,
+    /// Blob bytes this pull downloaded (for the pull metrics).
+    pub downloaded: &'a AtomicU64,
 }
 
 /// Pulls `image`. The returned record names the image as this pull did (the tag when pulled by
@@ -312,6 +315,8 @@ async fn fetch_blob(
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(bytes) => {
+                let n = AsRef::<[u8]>::as_ref(&bytes).len() as u64;
+                crate::metrics::PullTracker::add_bytes(ctx.downloaded, n);
                 if tx.send(Chunk::Data(bytes)).await.is_err() {
                     break;
                 }

@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::image::manager::ImageManager;
 use crate::runtime::cgroup::CgroupLayout;
+use crate::runtime::events::{self, EventBus};
 use crate::runtime::sandbox::SandboxManager;
 use crate::store::RecordStore;
 use filter::NameIndex;
@@ -82,6 +83,10 @@ struct Shared {
     cgroups: Option<Arc<CgroupLayout>>,
     /// The host runs the unified hierarchy alone (containers get a private cgroup namespace).
     cgroup_v2: bool,
+    /// Where lifecycle events go (GetContainerEvents).
+    events: Arc<EventBus>,
+    /// For the pod status attached to events.
+    sandboxes: Arc<SandboxManager>,
 }
 
 impl Shared {
@@ -102,6 +107,51 @@ impl Shared {
         change(&mut rec);
         self.store.put(&rec.id, &rec)?;
         Ok(rec.clone())
+    }
+
+    /// Statuses of the containers of a sandbox, oldest first.
+    fn statuses_in_sandbox(&self, sandbox_id: &str) -> Vec<ContainerStatus> {
+        let entries: Vec<Arc<Entry>> = lock(&self.index).entries.values().cloned().collect();
+        let mut records: Vec<ContainerRecord> = entries
+            .iter()
+            .map(|e| e.snapshot())
+            .filter(|r| r.sandbox_id == sandbox_id)
+            .collect();
+        records.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        records.iter().map(ContainerRecord::to_status).collect()
+    }
+
+    /// Publishes a lifecycle event for `id` (a container, or the sandbox itself), with the pod's current
+    /// status (`sandbox_status` when given, for a sandbox already gone) and its containers' statuses.
+    async fn emit(
+        &self,
+        id: &str,
+        sandbox_id: &str,
+        kind: ContainerEventType,
+        sandbox_status: Option<PodSandboxStatus>,
+    ) {
+        if !self.events.has_subscribers() {
+            return;
+        }
+        let sandbox_status = match sandbox_status {
+            Some(status) => Some(status),
+            None => self
+                .sandboxes
+                .status(PodSandboxStatusRequest {
+                    pod_sandbox_id: sandbox_id.to_owned(),
+                    verbose: false,
+                })
+                .await
+                .ok()
+                .and_then(|r| r.status),
+        };
+        let statuses = self.statuses_in_sandbox(sandbox_id);
+        self.events
+            .publish(events::event(id, kind, sandbox_status, statuses));
     }
 }
 
@@ -124,6 +174,7 @@ impl ContainerManager {
         config: &Config,
         images: Arc<ImageManager>,
         sandboxes: Arc<SandboxManager>,
+        events: Arc<EventBus>,
     ) -> Result<Self> {
         let store = RecordStore::open(config.root.join("store").join("containers"))?;
         let bundles = config.state.join("containers");
@@ -142,6 +193,8 @@ impl ContainerManager {
             index: Mutex::new(Index::default()),
             cgroups,
             cgroup_v2,
+            events,
+            sandboxes: sandboxes.clone(),
         });
         let manager = Self {
             images,
@@ -307,6 +360,17 @@ impl ContainerManager {
             .filter(|e| e.record().sandbox_id == sandbox_id)
             .cloned()
             .collect()
+    }
+
+    /// Publishes a sandbox lifecycle event (the event's container id is the sandbox id), with the pod's
+    /// status (`status` when given, for a sandbox already removed) and its containers' statuses.
+    pub async fn emit_sandbox_event(
+        &self,
+        sandbox_id: &str,
+        kind: ContainerEventType,
+        status: Option<PodSandboxStatus>,
+    ) {
+        self.shared.emit(sandbox_id, sandbox_id, kind, status).await;
     }
 
     /// Stops every container of a sandbox (StopPodSandbox).

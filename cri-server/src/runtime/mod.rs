@@ -2,6 +2,7 @@
 
 pub mod cgroup;
 pub mod container;
+pub mod events;
 pub mod sandbox;
 pub mod stats;
 
@@ -16,12 +17,15 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::image::manager::ImageManager;
 use container::ContainerManager;
+use events::EventBus;
 use sandbox::SandboxManager;
 
 /// The RuntimeService implementation berthd serves.
 pub struct RuntimeHandlers {
     sandboxes: Arc<SandboxManager>,
     containers: Arc<ContainerManager>,
+    /// Lifecycle events for GetContainerEvents subscribers.
+    events: Arc<EventBus>,
     sandbox_stop_timeout_secs: i64,
     /// The effective configuration, as JSON, for `crictl info`.
     config_json: String,
@@ -35,7 +39,10 @@ impl RuntimeHandlers {
     /// Builds the handlers, recovering sandboxes and containers left by a previous berthd.
     pub async fn new(config: &Config, images: Arc<ImageManager>) -> crate::error::Result<Self> {
         let sandboxes = Arc::new(SandboxManager::open(config).await?);
-        let containers = Arc::new(ContainerManager::open(config, images, sandboxes.clone()).await?);
+        let events = Arc::new(EventBus::default());
+        let containers = Arc::new(
+            ContainerManager::open(config, images, sandboxes.clone(), events.clone()).await?,
+        );
         let sandbox_stop_timeout_secs =
             i64::try_from(config.runtime.sandbox_stop_timeout_secs).unwrap_or(i64::MAX);
         let config_json = serde_json::to_string(config)
@@ -43,9 +50,25 @@ impl RuntimeHandlers {
         Ok(Self {
             sandboxes,
             containers,
+            events,
             sandbox_stop_timeout_secs,
             config_json,
         })
+    }
+
+    /// The broadcaster of container events (its drop counter is also [`events::dropped_total`]).
+    pub fn events(&self) -> Arc<EventBus> {
+        self.events.clone()
+    }
+
+    /// Stops the sandbox itself (its containers are stopped already) and sends its STOPPED event once.
+    async fn stop_sandbox(&self, id: &str) -> Result<(), Status> {
+        if self.sandboxes.stop_reporting(id).await? {
+            self.containers
+                .emit_sandbox_event(id, ContainerEventType::ContainerStoppedEvent, None)
+                .await;
+        }
+        Ok(())
     }
 }
 
@@ -69,9 +92,12 @@ impl RuntimeService for RuntimeHandlers {
 
     async fn get_container_events(
         &self,
-        _request: Request<GetEventsRequest>,
+        request: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(unimplemented("GetContainerEvents"))
+        let _ = request;
+        let rx = self.events.subscribe();
+        let stream = futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok);
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn version(
@@ -99,7 +125,15 @@ impl RuntimeService for RuntimeHandlers {
             ))
             .into());
         }
-        Ok(Response::new(self.sandboxes.run(req).await?))
+        let response = self.sandboxes.run(req).await?;
+        let id = &response.pod_sandbox_id;
+        for kind in [
+            ContainerEventType::ContainerCreatedEvent,
+            ContainerEventType::ContainerStartedEvent,
+        ] {
+            self.containers.emit_sandbox_event(id, kind, None).await;
+        }
+        Ok(Response::new(response))
     }
 
     async fn stop_pod_sandbox(
@@ -117,7 +151,7 @@ impl RuntimeService for RuntimeHandlers {
         self.containers
             .stop_all_in_sandbox(&id, self.sandbox_stop_timeout_secs)
             .await?;
-        self.sandboxes.stop(&id).await?;
+        self.stop_sandbox(&id).await?;
         Ok(Response::new(StopPodSandboxResponse {}))
     }
 
@@ -134,8 +168,22 @@ impl RuntimeService for RuntimeHandlers {
         };
         self.containers.stop_all_in_sandbox(&id, 0).await?;
         self.containers.remove_all_in_sandbox(&id).await?;
-        self.sandboxes.stop(&id).await?;
-        self.sandboxes.remove(&id).await?;
+        self.stop_sandbox(&id).await?;
+        // Taken before the removal: the kubelet needs the pod's metadata in the DELETED event.
+        let last_status = self
+            .sandboxes
+            .status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .ok()
+            .and_then(|r| r.status);
+        if self.sandboxes.remove_reporting(&id).await? {
+            self.containers
+                .emit_sandbox_event(&id, ContainerEventType::ContainerDeletedEvent, last_status)
+                .await;
+        }
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
@@ -343,6 +391,14 @@ impl RuntimeService for RuntimeHandlers {
         let mut info = std::collections::HashMap::new();
         if req.verbose {
             info.insert("config".to_string(), self.config_json.clone());
+            info.insert(
+                "containerEvents".to_string(),
+                serde_json::json!({
+                    "subscribers": self.events.subscribers(),
+                    "dropped": self.events.dropped(),
+                })
+                .to_string(),
+            );
         }
         let runtime_handlers = RUNTIME_HANDLERS
             .iter()

@@ -330,13 +330,20 @@ impl SandboxManager {
     /// StopPodSandbox, after the pod's containers are stopped: CNI DEL (port mappings and the pod IP are
     /// released), NOTREADY. The namespaces stay pinned until [`SandboxManager::remove`]. Idempotent.
     pub async fn stop(&self, id: &str) -> Result<()> {
+        self.stop_reporting(id).await.map(|_| ())
+    }
+
+    /// [`SandboxManager::stop`]; true when this call took the sandbox from READY to NOTREADY (so that its
+    /// STOPPED event is sent once).
+    pub async fn stop_reporting(&self, id: &str) -> Result<bool> {
         let Some(entry) = self.entry(id) else {
-            return Ok(());
+            return Ok(false);
         };
         let mut rec = entry.lock().await;
         if rec.removed {
-            return Ok(());
+            return Ok(false);
         }
+        let was_ready = rec.state == State::Ready;
         let network = self.network.clone();
         let mut copy = rec.clone();
         let (copy, res) = blocking(move || {
@@ -350,17 +357,23 @@ impl SandboxManager {
         if res.is_ok() {
             tracing::info!(sandbox = %id, "pod sandbox stopped");
         }
-        res
+        res.map(|()| was_ready)
     }
 
     /// RemovePodSandbox, after the pod's containers are removed: nothing of the pod is left. Idempotent.
     pub async fn remove(&self, id: &str) -> Result<()> {
+        self.remove_reporting(id).await.map(|_| ())
+    }
+
+    /// [`SandboxManager::remove`]; true when this call removed the sandbox (so that its DELETED event is
+    /// sent once).
+    pub async fn remove_reporting(&self, id: &str) -> Result<bool> {
         let Some(entry) = self.entry(id) else {
-            return Ok(());
+            return Ok(false);
         };
         let mut rec = entry.lock().await;
         if rec.removed {
-            return Ok(());
+            return Ok(false);
         }
         let layout = self.cgroups.clone().ok();
         let network = self.network.clone();
@@ -397,7 +410,7 @@ impl SandboxManager {
         for parent in busy_parents {
             self.hand_off_cgroup_parent(&parent).await;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Makes a live sandbox below `parent` responsible for removing it, so that the last pod out removes

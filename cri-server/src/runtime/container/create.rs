@@ -249,6 +249,14 @@ pub(super) async fn create(mgr: &ContainerManager, req: CreateContainerRequest) 
                 .entries
                 .insert(id.clone(), Entry::new(rec));
             tracing::info!(container = %id, sandbox = %sandbox_id, name = %name, "container created");
+            mgr.shared
+                .emit(
+                    &id,
+                    &sandbox_id,
+                    k8s_cri::v1::ContainerEventType::ContainerCreatedEvent,
+                    None,
+                )
+                .await;
             Ok(id)
         }
         Err(err) => {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_cri::v1::LinuxContainerResources;
+use k8s_cri::v1::{ContainerEventType, LinuxContainerResources};
 
 use super::record::{now_nanos, ResourcesRecord, State};
 use super::shim_client::{Exit, ShimClient, TaskState};
@@ -68,6 +68,15 @@ pub(super) async fn start(shared: &Arc<Shared>, entry: &Arc<Entry>) -> Result<()
                 r.started_at = begin;
                 r.pid = pid;
             })?;
+            // Before the monitor exists, so that STARTED always precedes STOPPED.
+            shared
+                .emit(
+                    &rec.id,
+                    &rec.sandbox_id,
+                    ContainerEventType::ContainerStartedEvent,
+                    None,
+                )
+                .await;
             spawn_monitor(shared.clone(), entry.clone(), Some(shim));
             tracing::info!(container = %rec.id, pid, "container started");
             Ok(())
@@ -79,6 +88,14 @@ pub(super) async fn start(shared: &Arc<Shared>, entry: &Arc<Entry>) -> Result<()
                 r.started_at = now;
                 r.set_exited(128, now, "StartError", &message);
             })?;
+            shared
+                .emit(
+                    &rec.id,
+                    &rec.sandbox_id,
+                    ContainerEventType::ContainerStoppedEvent,
+                    None,
+                )
+                .await;
             entry.exited.send_replace(true);
             Err(err)
         }
@@ -86,13 +103,16 @@ pub(super) async fn start(shared: &Arc<Shared>, entry: &Arc<Entry>) -> Result<()
 }
 
 /// Records an exit: reason from the exit code and the memory cgroup's OOM counter.
-fn record_exit(shared: &Shared, entry: &Entry, exit: Exit) {
+async fn record_exit(shared: &Shared, entry: &Entry, exit: Exit) {
     let rec = entry.snapshot();
     let oom = shared
         .cgroups
         .as_deref()
         .is_some_and(|layout| cgroup::oom_kills(layout, &rec.cgroup_path) > 0);
     let code = i32::try_from(exit.status).unwrap_or(255);
+    if oom {
+        crate::metrics::global().container_oom_kills.inc();
+    }
     let reason = if oom {
         "OOMKilled"
     } else if code == 0 {
@@ -110,11 +130,23 @@ fn record_exit(shared: &Shared, entry: &Entry, exit: Exit) {
         tracing::error!(container = %rec.id, %err, "persisting exit");
     }
     tracing::info!(container = %rec.id, exit_code = code, reason, "container exited");
+    // Before the exit is signalled, so that STOPPED always precedes the DELETED of a RemoveContainer.
+    shared
+        .emit(
+            &rec.id,
+            &rec.sandbox_id,
+            ContainerEventType::ContainerStoppedEvent,
+            None,
+        )
+        .await;
     entry.exited.send_replace(true);
 }
 
-fn record_gone(shared: &Shared, entry: &Entry) {
-    let id = entry.record().id.clone();
+async fn record_gone(shared: &Shared, entry: &Entry) {
+    let (id, sandbox_id) = {
+        let rec = entry.record();
+        (rec.id.clone(), rec.sandbox_id.clone())
+    };
     if let Err(err) = shared.update(entry, |r| {
         r.set_exited(
             255,
@@ -126,6 +158,14 @@ fn record_gone(shared: &Shared, entry: &Entry) {
         tracing::error!(container = %id, %err, "persisting exit");
     }
     tracing::warn!(container = %id, "berth-shim is gone; container marked exited");
+    shared
+        .emit(
+            &id,
+            &sandbox_id,
+            ContainerEventType::ContainerStoppedEvent,
+            None,
+        )
+        .await;
     entry.exited.send_replace(true);
 }
 
@@ -145,21 +185,21 @@ fn spawn_monitor(shared: Arc<Shared>, entry: Arc<Entry>, shim: Option<ShimClient
             return;
         }
         match waited {
-            Ok(exit) => record_exit(&shared, &entry, exit),
+            Ok(exit) => record_exit(&shared, &entry, exit).await,
             Err(err) => {
                 // The wait connection broke: ask again on a fresh one before declaring the shim gone.
                 tracing::debug!(container = %rec.id, %err, "shim wait failed");
                 match connect(&rec).await {
                     Ok(shim) => match shim.state().await {
-                        Ok(TaskState::Stopped(exit)) => record_exit(&shared, &entry, exit),
+                        Ok(TaskState::Stopped(exit)) => record_exit(&shared, &entry, exit).await,
                         Ok(_) => {
                             // Still running: wait again, without spinning if waits keep failing.
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             spawn_monitor(shared.clone(), entry.clone(), Some(shim))
                         }
-                        Err(_) => record_gone(&shared, &entry),
+                        Err(_) => record_gone(&shared, &entry).await,
                     },
-                    Err(_) => record_gone(&shared, &entry),
+                    Err(_) => record_gone(&shared, &entry).await,
                 }
             }
         }
@@ -177,6 +217,11 @@ async fn wait_exited(entry: &Entry, timeout: Duration) -> bool {
 async fn stop_locked(entry: &Entry, timeout_secs: i64) -> Result<()> {
     let rec = entry.snapshot();
     if rec.state != State::Running {
+        if rec.state == State::Exited {
+            // The exit is recorded before its STOPPED event is sent and `exited` flips: wait for that, so
+            // a RemoveContainer right after the exit cannot send DELETED before STOPPED.
+            wait_exited(entry, KILL_WAIT).await;
+        }
         return Ok(());
     }
     let shim = match connect(&rec).await {
@@ -273,6 +318,14 @@ pub(super) async fn remove(mgr: &ContainerManager, entry: &Arc<Entry>) -> Result
         index.names.release(&rec.full_name, &rec.id);
     }
     tracing::info!(container = %rec.id, "container removed");
+    mgr.shared
+        .emit(
+            &rec.id,
+            &rec.sandbox_id,
+            ContainerEventType::ContainerDeletedEvent,
+            None,
+        )
+        .await;
     Ok(())
 }
 
@@ -315,14 +368,22 @@ pub(super) async fn recover(shared: &Arc<Shared>, entry: &Arc<Entry>) {
                         r.started_at = now_nanos();
                     }
                 });
+                shared
+                    .emit(
+                        &rec.id,
+                        &rec.sandbox_id,
+                        ContainerEventType::ContainerStartedEvent,
+                        None,
+                    )
+                    .await;
             }
             spawn_monitor(shared.clone(), entry.clone(), Some(shim));
         }
-        Ok((_, TaskState::Stopped(exit))) => record_exit(shared, entry, exit),
+        Ok((_, TaskState::Stopped(exit))) => record_exit(shared, entry, exit).await,
         Ok((_, TaskState::Created)) | Ok((_, TaskState::Other)) => {}
         Err(err) => {
             tracing::debug!(container = %rec.id, %err, "shim unreachable during recovery");
-            record_gone(shared, entry);
+            record_gone(shared, entry).await;
             let rootfs = rec.bundle.join("rootfs");
             if let Ok(Err(err)) =
                 tokio::task::spawn_blocking(move || snapshotter::unmount(&rootfs)).await
