@@ -151,6 +151,8 @@ pub struct Network {
     default: DefaultNetworkConfig,
     ipam_data_dir: PathBuf,
     default_conf_file: PathBuf,
+    /// Serializes writers of `default_conf_file`: pods started at once share its temp file.
+    default_conf_lock: std::sync::Arc<std::sync::Mutex<()>>,
     timeout: Duration,
 }
 
@@ -168,6 +170,7 @@ impl Network {
                 .join("cni")
                 .join("net.d")
                 .join("berth-default.conflist"),
+            default_conf_lock: std::sync::Arc::default(),
             timeout: PLUGIN_TIMEOUT,
         }
     }
@@ -229,6 +232,11 @@ impl Network {
             std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         }
         let text = serde_json::to_string_pretty(&list.to_json()).unwrap_or_default();
+        // A poisoned lock only means another writer panicked; the file is rewritten whole either way.
+        let _writer = self
+            .default_conf_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if std::fs::read_to_string(&self.default_conf_file).is_ok_and(|old| old == text) {
             return Ok(());
         }
