@@ -3,6 +3,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod events;
+pub mod pod_metrics;
 pub mod sandbox;
 pub mod stats;
 
@@ -431,14 +432,18 @@ impl RuntimeService for RuntimeHandlers {
         &self,
         _request: Request<ListMetricDescriptorsRequest>,
     ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
-        Err(unimplemented("ListMetricDescriptors"))
+        Ok(Response::new(ListMetricDescriptorsResponse {
+            descriptors: pod_metrics::descriptors(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _request: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxMetrics"))
+        let pod_metrics =
+            pod_metrics::list_pod_sandbox_metrics(&self.sandboxes, &self.containers).await?;
+        Ok(Response::new(ListPodSandboxMetricsResponse { pod_metrics }))
     }
 
     async fn runtime_config(
