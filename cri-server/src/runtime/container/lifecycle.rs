@@ -191,7 +191,10 @@ fn spawn_monitor(shared: Arc<Shared>, entry: Arc<Entry>, shim: Option<ShimClient
                 tracing::debug!(container = %rec.id, %err, "shim wait failed");
                 match connect(&rec).await {
                     Ok(shim) => match shim.state().await {
-                        Ok(TaskState::Stopped(exit)) => record_exit(&shared, &entry, exit).await,
+                        Ok(TaskState::Stopped(exit)) => {
+                            let exit = drained_exit(&shim, exit).await;
+                            record_exit(&shared, &entry, exit).await
+                        }
                         Ok(_) => {
                             // Still running: wait again, without spinning if waits keep failing.
                             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -352,6 +355,13 @@ pub(super) async fn update_resources(
     Ok(())
 }
 
+/// The exit of a task the shim reports as stopped, once its output is in the log: `state` says STOPPED at
+/// the reap, `wait` answers only after the shim drained the stdio pipes into the log file. Falls back to the
+/// reported exit if the wait fails.
+async fn drained_exit(shim: &ShimClient, reported: Exit) -> Exit {
+    shim.wait().await.unwrap_or(reported)
+}
+
 /// After a berthd restart: reconnect to the shim of a created or running container.
 pub(super) async fn recover(shared: &Arc<Shared>, entry: &Arc<Entry>) {
     let rec = entry.snapshot();
@@ -379,7 +389,10 @@ pub(super) async fn recover(shared: &Arc<Shared>, entry: &Arc<Entry>) {
             }
             spawn_monitor(shared.clone(), entry.clone(), Some(shim));
         }
-        Ok((_, TaskState::Stopped(exit))) => record_exit(shared, entry, exit).await,
+        Ok((shim, TaskState::Stopped(exit))) => {
+            let exit = drained_exit(&shim, exit).await;
+            record_exit(shared, entry, exit).await
+        }
         Ok((_, TaskState::Created)) | Ok((_, TaskState::Other)) => {}
         Err(err) => {
             tracing::debug!(container = %rec.id, %err, "shim unreachable during recovery");
