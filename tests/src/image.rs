@@ -145,22 +145,21 @@ impl LayerBuilder {
     }
 
     /// Adds a symlink `path -> target`.
-    pub fn symlink(mut self, path: &str, target: &str) -> anyhow::Result<Self> {
-        let mut h = Self::link_header(tar::EntryType::Symlink, path, target)?;
-        h.set_cksum();
-        self.tar
-            .append(&h, std::io::empty())
-            .with_context(|| format!("tar symlink {path}"))?;
-        Ok(self)
+    pub fn symlink(self, path: &str, target: &str) -> anyhow::Result<Self> {
+        self.link(tar::EntryType::Symlink, path, target)
     }
 
     /// Adds a hardlink `path` to `target` (a path inside the archive, or a hostile one).
-    pub fn hardlink(mut self, path: &str, target: &str) -> anyhow::Result<Self> {
-        let mut h = Self::link_header(tar::EntryType::Link, path, target)?;
+    pub fn hardlink(self, path: &str, target: &str) -> anyhow::Result<Self> {
+        self.link(tar::EntryType::Link, path, target)
+    }
+
+    fn link(mut self, kind: tar::EntryType, path: &str, target: &str) -> anyhow::Result<Self> {
+        let mut h = Self::link_header(kind, path, target)?;
         h.set_cksum();
         self.tar
             .append(&h, std::io::empty())
-            .with_context(|| format!("tar hardlink {path}"))?;
+            .with_context(|| format!("tar {kind:?} {path}"))?;
         Ok(self)
     }
 
