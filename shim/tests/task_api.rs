@@ -21,7 +21,6 @@ const SHIM: &str = env!("CARGO_BIN_EXE_berth-shim");
 fn shim_bin() -> String {
     std::env::var("BERTH_SHIM_BIN").unwrap_or_else(|_| SHIM.to_string())
 }
-const CGROUP_PARENT: &str = "berth-shim-test";
 
 fn ctx() -> context::Context {
     context::with_timeout(Duration::from_secs(30).as_nanos() as i64)
@@ -30,6 +29,8 @@ fn ctx() -> context::Context {
 /// One container's world: rootfs source, overlay dirs, bundle, log path, the running shim.
 struct Fixture {
     id: String,
+    /// Cgroup parent of this fixture alone, so one test's cleanup never races another's create.
+    cgroup_parent: String,
     dir: tempfile::TempDir,
     client: Option<TaskClient>,
     shim_pid: Option<i32>,
@@ -39,6 +40,7 @@ impl Fixture {
     /// Builds rootfs + bundle with a config.json running `args`.
     fn new(name: &str, args: &[&str], pid_ns: bool, user: Option<&str>) -> Result<Self> {
         let id = format!("{name}-{}", std::process::id());
+        let cgroup_parent = format!("berth-shim-test-{id}");
         let dir = tempfile::Builder::new()
             .prefix("berth-shim-")
             .tempdir_in("/tmp")?;
@@ -76,7 +78,7 @@ impl Fixture {
             ns.push(json!({"type": "pid"}));
         }
         spec["linux"]["namespaces"] = json!(ns);
-        spec["linux"]["cgroupsPath"] = json!(format!("/{CGROUP_PARENT}/{id}"));
+        spec["linux"]["cgroupsPath"] = json!(format!("/{cgroup_parent}/{id}"));
         if let Some(u) = user {
             spec["annotations"] = json!({"io.berth.user": u});
         }
@@ -86,6 +88,7 @@ impl Fixture {
         )?;
         Ok(Fixture {
             id,
+            cgroup_parent,
             dir,
             client: None,
             shim_pid: None,
@@ -193,14 +196,14 @@ impl Fixture {
         let mut dirs = Vec::new();
         if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
             for e in rd.flatten() {
-                let d = e.path().join(CGROUP_PARENT).join(&self.id);
+                let d = e.path().join(&self.cgroup_parent).join(&self.id);
                 if d.exists() {
                     dirs.push(d);
                 }
             }
         }
         let root = Path::new("/sys/fs/cgroup")
-            .join(CGROUP_PARENT)
+            .join(&self.cgroup_parent)
             .join(&self.id);
         if root.exists() {
             dirs.push(root);
@@ -266,13 +269,12 @@ impl Drop for Fixture {
         }
         let rootfs = self.bundle().join("rootfs");
         while nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
-        // The shared parent goes once the last test is done with it (busy until then).
         if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
             for e in rd.flatten() {
-                let _ = std::fs::remove_dir(e.path().join(CGROUP_PARENT));
+                let _ = std::fs::remove_dir(e.path().join(&self.cgroup_parent));
             }
         }
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(CGROUP_PARENT));
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.cgroup_parent));
     }
 }
 
@@ -449,12 +451,14 @@ fn sigterm_gives_143_and_memory_is_small() -> Result<()> {
     req.resources = Some(any).into();
     f.client()?.update(ctx(), &req)?;
     let v1 = Path::new("/sys/fs/cgroup/memory")
-        .join(CGROUP_PARENT)
+        .join(&f.cgroup_parent)
         .join(&f.id);
     let limit = if v1.exists() {
         std::fs::read_to_string(v1.join("memory.limit_in_bytes"))?
     } else {
-        let v2 = Path::new("/sys/fs/cgroup").join(CGROUP_PARENT).join(&f.id);
+        let v2 = Path::new("/sys/fs/cgroup")
+            .join(&f.cgroup_parent)
+            .join(&f.id);
         std::fs::read_to_string(v2.join("memory.max"))?
     };
     assert_eq!(limit.trim(), (64 * 1024 * 1024).to_string());
