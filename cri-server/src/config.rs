@@ -25,6 +25,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Prometheus metrics endpoint.
     pub metrics: MetricsConfig,
+    /// The exec/attach/port-forward streaming server.
+    pub streaming: StreamingConfig,
 }
 
 /// Logging settings.
@@ -107,6 +109,37 @@ impl Default for MetricsConfig {
     }
 }
 
+/// The streaming server that serves the URLs Exec, Attach and PortForward return (SPDY/3.1 and
+/// WebSocket, like the kubelet's). The kubelet connects to it, so it must be reachable from the node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// TCP address to listen on; port 0 picks a free port. An unspecified address (`0.0.0.0`,
+    /// `[::]`) listens everywhere and puts loopback in the URLs.
+    pub address: SocketAddr,
+    /// PEM certificate chain for HTTPS; empty = plain HTTP. Set both files or neither.
+    pub tls_cert_file: PathBuf,
+    /// PEM private key for HTTPS; empty = plain HTTP. Set both files or neither.
+    pub tls_key_file: PathBuf,
+    /// A session with no traffic in either direction for this long is closed (kubelet: 4 h).
+    pub stream_idle_timeout_secs: u64,
+}
+
+/// `127.0.0.1:0`: loopback (the kubelet runs on the node) on a free port chosen at start.
+pub const DEFAULT_STREAMING_ADDRESS: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: DEFAULT_STREAMING_ADDRESS,
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            stream_idle_timeout_secs: 4 * 60 * 60,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -118,6 +151,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             runtime: RuntimeConfig::default(),
             metrics: MetricsConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -241,6 +275,24 @@ mod tests {
         assert!(!cfg.metrics.enabled);
         assert_eq!(cfg.metrics.address.to_string(), "[::1]:9999");
         assert!(toml::from_str::<Config>("[metrics]\naddress = \"localhost\"\n").is_err());
+    }
+
+    #[test]
+    fn streaming_section() {
+        let cfg = Config::default();
+        assert_eq!(cfg.streaming.address.to_string(), "127.0.0.1:0");
+        assert_eq!(cfg.streaming.stream_idle_timeout_secs, 14_400);
+        assert!(cfg.streaming.tls_cert_file.as_os_str().is_empty());
+        let cfg: Config = toml::from_str(
+            "[streaming]\naddress = \"[::]:10010\"\ntls_cert_file = \"/c.pem\"\n\
+             tls_key_file = \"/k.pem\"\nstream_idle_timeout_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.streaming.address.to_string(), "[::]:10010");
+        assert_eq!(cfg.streaming.tls_cert_file, PathBuf::from("/c.pem"));
+        assert_eq!(cfg.streaming.tls_key_file, PathBuf::from("/k.pem"));
+        assert_eq!(cfg.streaming.stream_idle_timeout_secs, 60);
+        assert!(toml::from_str::<Config>("[streaming]\nport = 1\n").is_err());
     }
 
     #[test]

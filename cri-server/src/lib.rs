@@ -10,3 +10,4 @@ pub mod network;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod streaming;

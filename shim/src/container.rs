@@ -5,6 +5,7 @@
 //! after it; the reaper takes only the fork lock and its own state, so waits for the exit never
 //! need `inner`.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -13,6 +14,8 @@ use libcgroups::common::{CgroupConfig, CgroupManager, ControllerOpt};
 use libcontainer::container::Container;
 use oci_spec::runtime::LinuxResources;
 
+use crate::attach::Attach;
+use crate::console::{self, ConsoleSocket};
 use crate::error::{Error, Result};
 use crate::helper;
 use crate::reaper::{Exit, Reaper};
@@ -34,9 +37,10 @@ pub struct CreateOptions {
     pub stdout: String,
     /// Reported back in `state`; the CRI log receives both streams through `stdout`.
     pub stderr: String,
-    /// Stdin path (attach: not supported yet, ignored).
+    /// Non-empty: the container's stdin is open, fed by attach clients (berthd passes the
+    /// attach socket path; only emptiness matters).
     pub stdin: String,
-    /// TTY requested (not supported yet).
+    /// TTY requested: the init gets a pty; its output is the log's `stdout`.
     pub terminal: bool,
 }
 
@@ -85,6 +89,17 @@ struct Inner {
     deleted: Option<Deleted>,
     io: Option<Arc<IoTracker>>,
     opts: CreateOptions,
+    attach: Option<Arc<Attach>>,
+    /// The init's pty master, with a tty.
+    console: Option<File>,
+}
+
+/// What a successful `create_container` hands back.
+struct Created {
+    container: Container,
+    io: Arc<IoTracker>,
+    attach: Arc<Attach>,
+    console: Option<File>,
 }
 
 /// The container managed by this shim.
@@ -124,9 +139,6 @@ impl ContainerTask {
     /// Mounts the rootfs, resolves the user, sets up stdio and creates the container (init
     /// waiting for start). Returns the init pid. On failure everything done is undone.
     pub fn create(&self, opts: CreateOptions) -> Result<u32> {
-        if opts.terminal {
-            return Err(self.invalid("tty is not supported yet"));
-        }
         let mut inner = self.lock();
         if inner.container.is_some() || inner.deleted.is_some() {
             return Err(self.precondition("create", "the task was already created"));
@@ -143,12 +155,14 @@ impl ContainerTask {
             })?;
         }
         match self.create_container(&opts) {
-            Ok((container, io)) => {
-                let pid = container.pid().map(|p| p.as_raw() as u32).unwrap_or(0);
-                inner.container = Some(container);
+            Ok(c) => {
+                let pid = c.container.pid().map(|p| p.as_raw() as u32).unwrap_or(0);
+                inner.container = Some(c.container);
                 inner.pid = pid;
-                inner.io = Some(io);
+                inner.io = Some(c.io);
                 inner.opts = opts;
+                inner.attach = Some(c.attach);
+                inner.console = c.console;
                 Ok(pid)
             }
             Err(e) => {
@@ -158,11 +172,31 @@ impl ContainerTask {
         }
     }
 
-    fn create_container(&self, opts: &CreateOptions) -> Result<(Container, Arc<IoTracker>)> {
-        let (stdio, io) = stdio::setup(&self.id, &opts.stdout)?;
+    fn create_container(&self, opts: &CreateOptions) -> Result<Created> {
+        let attach = Attach::new(&self.id);
+        let (stdio, output) = stdio::setup(
+            &self.id,
+            &opts.stdout,
+            opts.terminal,
+            !opts.stdin.is_empty(),
+            &attach,
+        )?;
+        let socket = if opts.terminal {
+            Some(
+                ConsoleSocket::bind(&self.bundle)
+                    .map_err(|e| Error::io(&self.id, "listen on the console socket", e))?,
+            )
+        } else {
+            None
+        };
         {
             let _fork = self.reaper.fork_lock();
-            let pid = helper::create(&self.id, &self.bundle, stdio)?;
+            let pid = helper::create(
+                &self.id,
+                &self.bundle,
+                stdio,
+                socket.as_ref().map(ConsoleSocket::path),
+            )?;
             self.reaper.watch(pid);
         }
         // The helper and libcontainer are gone: only the container holds the pipes' write ends
@@ -170,7 +204,32 @@ impl ContainerTask {
         let state_dir = self.runtime_root().join(&self.id);
         let container =
             Container::load(state_dir).map_err(|e| Error::container(&self.id, "load state", e))?;
-        Ok((container, io))
+        let console = match socket {
+            Some(socket) => {
+                let master = socket
+                    .receive_master()
+                    .map_err(|e| Error::io(&self.id, "receive the pty master", e))?;
+                let dup = |m: &File| {
+                    m.try_clone()
+                        .map_err(|e| Error::io(&self.id, "dup the pty master", e))
+                };
+                output.start_console(dup(&master)?)?;
+                if !opts.stdin.is_empty() {
+                    attach.set_stdin(Some(dup(&master)?));
+                }
+                Some(master)
+            }
+            None => None,
+        };
+        attach
+            .listen(&self.bundle)
+            .map_err(|e| Error::io(&self.id, "listen on the attach socket", e))?;
+        Ok(Created {
+            container,
+            io: output.tracker(),
+            attach,
+            console,
+        })
     }
 
     fn cleanup_failed_create(&self, unmount: bool) {
@@ -333,12 +392,42 @@ impl ContainerTask {
                 source,
             })?;
         }
+        if let Some(attach) = inner.attach.take() {
+            attach.stop();
+        }
+        inner.console = None;
         let d = Deleted {
             pid,
             exit: self.reaper.exit(),
         };
         inner.deleted = Some(d);
         Ok(d)
+    }
+
+    /// Sets the window size of the init's pty (ResizePty); FailedPrecondition without a tty.
+    pub fn resize_pty(&self, width: u32, height: u32) -> Result<()> {
+        let inner = self.lock();
+        if inner.container.is_none() {
+            return Err(self.not_found("task"));
+        }
+        let Some(master) = inner.console.as_ref() else {
+            return Err(self.precondition("resize pty", "the container has no tty"));
+        };
+        console::resize(master, width, height).map_err(|e| Error::io(&self.id, "resize the pty", e))
+    }
+
+    /// Closes the container's stdin for good (CloseIO); a no-op with a tty.
+    pub fn close_stdin(&self) -> Result<()> {
+        let inner = self.lock();
+        if inner.container.is_none() {
+            return Err(self.not_found("task"));
+        }
+        if !inner.opts.terminal {
+            if let Some(attach) = &inner.attach {
+                attach.close_stdin();
+            }
+        }
+        Ok(())
     }
 
     /// True while a container exists that was not deleted.

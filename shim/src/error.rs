@@ -161,13 +161,16 @@ mod tests {
     fn maps_codes_and_names_container() {
         let e = Error::InvalidArgument {
             id: "c1".into(),
-            msg: "tty is not supported yet".into(),
+            msg: "exec stdio path \"x\" is not absolute".into(),
         };
         assert_eq!(e.code(), Code::INVALID_ARGUMENT);
         match ttrpc::Error::from(e) {
             ttrpc::Error::RpcStatus(s) => {
                 assert_eq!(s.code(), Code::INVALID_ARGUMENT);
-                assert_eq!(s.message(), "container c1: tty is not supported yet");
+                assert_eq!(
+                    s.message(),
+                    "container c1: exec stdio path \"x\" is not absolute"
+                );
             }
             other => panic!("unexpected {other:?}"),
         }

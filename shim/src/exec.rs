@@ -2,30 +2,28 @@
 //! OCI `Process` run in the running container through the exec helper (see `exec_helper.rs`),
 //! reaped by the shim's reaper, which keeps its exit status until the exec is deleted.
 //!
-//! Stdio: `stdout`/`stderr` are paths (files or FIFOs) opened for writing when the exec starts;
-//! a FIFO must already have a reader (berthd opens it first). Empty paths mean `/dev/null`.
-//! Stdin and terminals are not supported yet.
+//! Stdio (see `exec_io.rs`): `stdout`/`stderr` are paths (files or FIFOs) opened for writing
+//! when the exec starts; a FIFO must already have a reader (berthd opens it first). `stdin` is
+//! a FIFO berthd already holds open for writing. Empty paths mean `/dev/null`. With `terminal`
+//! the process gets a pty, resizable with [`Execs::resize`].
 //!
 //! Locking: `procs` is never held across a helper run or a wait; the reaper's fork lock is taken
 //! after it, never before (same order as `container.rs`).
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use oci_spec::runtime::Process;
 
+use crate::console::CONSOLE_ENV;
 use crate::container::Status;
 use crate::error::{Error, Result};
 use crate::exec_helper;
+use crate::exec_io::{self, ExecIo};
 use crate::helper;
 use crate::reaper::{Exit, Reaper};
-use crate::stdio::ContainerStdio;
 
 /// How long `delete` waits for a still-running exec process to die after SIGKILL.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,9 +37,9 @@ const MAX_EXEC_ID: usize = 128;
 pub struct ExecOptions {
     /// The exec id, unique within the container.
     pub exec_id: String,
-    /// TTY requested (not supported yet).
+    /// TTY requested: the process gets a pty (`process.terminal` is made to match).
     pub terminal: bool,
-    /// Stdin path (not supported yet: must be empty).
+    /// Stdin FIFO path (berthd holds it open for writing); empty: `/dev/null`.
     pub stdin: String,
     /// Stdout path (file or FIFO); empty: `/dev/null`.
     pub stdout: String,
@@ -73,6 +71,8 @@ struct ExecProc {
     pid: Option<i32>,
     /// A `start` is running its helper.
     starting: bool,
+    /// Pty and stdin pumps once started.
+    io: Option<ExecIo>,
 }
 
 /// The exec processes of one container.
@@ -95,15 +95,9 @@ impl Execs {
     }
 
     /// Registers an exec (not started yet).
-    pub fn add(&self, opts: ExecOptions) -> Result<()> {
+    pub fn add(&self, mut opts: ExecOptions) -> Result<()> {
         validate_exec_id(&opts.exec_id).map_err(|m| self.invalid(&m))?;
-        if opts.terminal {
-            return Err(self.invalid("exec with a tty is not supported yet"));
-        }
-        if !opts.stdin.is_empty() {
-            return Err(self.invalid("exec with stdin is not supported yet"));
-        }
-        for path in [&opts.stdout, &opts.stderr] {
+        for path in [&opts.stdin, &opts.stdout, &opts.stderr] {
             if !path.is_empty() && !Path::new(path).is_absolute() {
                 return Err(self.invalid(&format!("exec stdio path {path:?} is not absolute")));
             }
@@ -113,8 +107,13 @@ impl Execs {
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(self.invalid("exec process has no args"));
         }
-        if process.terminal() == Some(true) {
-            return Err(self.invalid("exec with a tty is not supported yet"));
+        if process.terminal().unwrap_or(false) != opts.terminal {
+            // libcontainer wants a console socket exactly when `process.terminal` is set.
+            let mut v: serde_json::Value = serde_json::from_slice(&opts.process_json)
+                .map_err(|e| self.invalid(&format!("exec spec is not JSON: {e}")))?;
+            v["terminal"] = serde_json::Value::Bool(opts.terminal);
+            opts.process_json =
+                serde_json::to_vec(&v).map_err(|e| self.invalid(&format!("exec spec: {e}")))?;
         }
         let mut procs = self.lock();
         if procs.contains_key(&opts.exec_id) {
@@ -129,6 +128,7 @@ impl Execs {
                 opts,
                 pid: None,
                 starting: false,
+                io: None,
             },
         );
         Ok(())
@@ -157,8 +157,8 @@ impl Execs {
             .and_then(|()| self.spawn(&opts, &process_file));
         let _ = std::fs::remove_file(&process_file);
         let mut procs = self.lock();
-        let pid = match res {
-            Ok(pid) => pid,
+        let (pid, io) = match res {
+            Ok(v) => v,
             Err(e) => {
                 if let Some(p) = procs.get_mut(exec_id) {
                     p.starting = false;
@@ -170,9 +170,11 @@ impl Execs {
             Some(p) => {
                 p.pid = Some(pid);
                 p.starting = false;
+                p.io = Some(io);
             }
             // Deleted meanwhile: do not leave it running untracked.
             None => {
+                io.stop();
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::SIGKILL,
@@ -184,44 +186,81 @@ impl Execs {
         Ok(pid as u32)
     }
 
-    fn spawn(&self, opts: &ExecOptions, process_file: &Path) -> Result<i32> {
-        let stdio = ContainerStdio {
-            stdin: File::open("/dev/null")
-                .map_err(|e| Error::io(&self.id, "open /dev/null", e))?
-                .into(),
-            stdout: self.open_output(&opts.stdout)?,
-            stderr: self.open_output(&opts.stderr)?,
-        };
-        let _fork = self.reaper.fork_lock();
-        let env = [(exec_helper::PROCESS_ENV, process_file.as_os_str())];
-        let pid = helper::spawn(&self.id, &self.bundle, "exec-helper", &env, stdio).map_err(
-            |e| match e {
-                Error::Create { id, msg } => Error::Exec {
-                    id,
-                    exec_id: opts.exec_id.clone(),
-                    msg,
-                },
-                other => other,
-            },
+    fn spawn(&self, opts: &ExecOptions, process_file: &Path) -> Result<(i32, ExecIo)> {
+        let mut prepared = exec_io::prepare(
+            &self.id,
+            &self.bundle,
+            opts.terminal,
+            &opts.stdin,
+            &opts.stdout,
+            &opts.stderr,
         )?;
-        self.reaper.watch_exec(pid);
-        Ok(pid)
+        let pid =
+            {
+                let _fork = self.reaper.fork_lock();
+                let stdio = prepared.stdio.take().ok_or_else(|| {
+                    Error::io(
+                        &self.id,
+                        "exec stdio",
+                        std::io::Error::other("already used"),
+                    )
+                })?;
+                let mut env = vec![(exec_helper::PROCESS_ENV, process_file.as_os_str())];
+                if let Some(console) = prepared.console_path() {
+                    env.push((CONSOLE_ENV, console.as_os_str()));
+                }
+                let pid = helper::spawn(&self.id, &self.bundle, "exec-helper", &env, stdio)
+                    .map_err(|e| match e {
+                        Error::Create { id, msg } => Error::Exec {
+                            id,
+                            exec_id: opts.exec_id.clone(),
+                            msg,
+                        },
+                        other => other,
+                    })?;
+                self.reaper.watch_exec(pid);
+                pid
+            };
+        match prepared.finish(&self.id, &opts.exec_id) {
+            Ok(io) => Ok((pid, io)),
+            Err(e) => {
+                // Never leave a process without its terminal running untracked. With the fork
+                // lock held the pid cannot be reaped (and reused) between check and kill.
+                {
+                    let _fork = self.reaper.fork_lock();
+                    if self.reaper.exec_exit(pid).is_none() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::SIGKILL,
+                        );
+                    }
+                }
+                self.reaper.forget_exec(pid);
+                Err(e)
+            }
+        }
     }
 
-    /// Opens an output path for writing; a FIFO without a reader is an error, not a hang.
-    fn open_output(&self, path: &str) -> Result<OwnedFd> {
-        let target = if path.is_empty() { "/dev/null" } else { path };
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(target)
-            .map_err(|e| Error::io(&self.id, format!("open exec output {target}"), e))?;
-        // The exec process must see a blocking descriptor.
-        fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_APPEND))
-            .map_err(|e| Error::io(&self.id, format!("set flags of {target}"), e.into()))?;
-        Ok(file.into())
+    /// Resizes the pty of exec `exec_id`.
+    pub fn resize(&self, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let procs = self.lock();
+        let p = procs.get(exec_id).ok_or_else(|| self.not_found(exec_id))?;
+        match p.io.as_ref().and_then(|io| io.resize(width, height)) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(Error::io(&self.id, format!("resize exec {exec_id} pty"), e)),
+            None if p.pid.is_none() => Err(self.precondition("resize pty", "exec not started")),
+            None => Err(self.precondition("resize pty", "the exec has no tty")),
+        }
+    }
+
+    /// Stops feeding stdin to exec `exec_id` (CloseIO).
+    pub fn close_stdin(&self, exec_id: &str) -> Result<()> {
+        let procs = self.lock();
+        let p = procs.get(exec_id).ok_or_else(|| self.not_found(exec_id))?;
+        if let Some(io) = &p.io {
+            io.close_stdin();
+        }
+        Ok(())
     }
 
     /// Blocks until exec `exec_id` exited; returns its exit.
@@ -275,7 +314,11 @@ impl Execs {
             }
             self.reaper.forget_exec(pid);
         }
-        self.lock().remove(exec_id);
+        if let Some(p) = self.lock().remove(exec_id) {
+            if let Some(io) = p.io {
+                io.stop();
+            }
+        }
         Ok((pid.unwrap_or(0) as u32, exit))
     }
 
@@ -407,7 +450,17 @@ mod tests {
         ));
         let mut tty = opts("e4", PROC);
         tty.terminal = true;
-        assert!(matches!(e.add(tty), Err(Error::InvalidArgument { .. })));
+        e.add(tty)?;
+        let json = e.lock().get("e4").map(|p| p.opts.process_json.clone());
+        let v: serde_json::Value = serde_json::from_slice(&json.unwrap_or_default())?;
+        assert_eq!(v["terminal"], serde_json::Value::Bool(true));
+        assert!(matches!(
+            e.resize("e4", 80, 24),
+            Err(Error::FailedPrecondition { .. })
+        ));
+        let mut rel = opts("e5", PROC);
+        rel.stdin = "relative/fifo".into();
+        assert!(matches!(e.add(rel), Err(Error::InvalidArgument { .. })));
         let st = e.state("e1")?;
         assert_eq!((st.status, st.pid), (Status::Created, 0));
         assert!(matches!(

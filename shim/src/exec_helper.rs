@@ -5,6 +5,7 @@
 //!
 //! The helper gets the OCI `Process` to run as a JSON file named by `BERTH_EXEC_PROCESS`; fds
 //! 0/1/2 are the exec's stdio, fd 3 the result pipe (`ok <pid>` / `error exec <message>`).
+//! With a tty, `BERTH_CONSOLE_SOCKET` names the daemon's console socket (see `console.rs`).
 //!
 //! Seccomp: libcontainer's tenant builder does not carry the container's seccomp profile over
 //! to the exec process, so [`ExecExecutor`] installs it itself right before `execve`. Without
@@ -24,11 +25,13 @@ use libcontainer::workload::{
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use oci_spec::runtime::{LinuxSeccomp, Spec};
 
+use crate::console::CONSOLE_ENV;
 use crate::executor::BerthExecutor;
 use crate::helper::RESULT_FD;
 
-/// Name prefix of the notify sockets libcontainer's tenant builder creates.
-const NOTIFY_PREFIX: &str = "tenant-notify-";
+/// Name prefixes of the notify sockets and console-socket links libcontainer's tenant builder
+/// creates in the container's state dir.
+const TENANT_PREFIXES: [&str; 2] = ["tenant-notify-", "tenant-tty-"];
 /// Environment variable naming the exec's process JSON file.
 pub const PROCESS_ENV: &str = "BERTH_EXEC_PROCESS";
 
@@ -64,6 +67,7 @@ fn build(id: &str, bundle: &Path, process: &Path) -> Result<i32, String> {
             inner: BerthExecutor::default(),
             seccomp,
         })
+        .with_console_socket(std::env::var_os(CONSOLE_ENV).map(PathBuf::from))
         .as_tenant()
         .with_process(Some(process))
         .with_detach(true)
@@ -73,8 +77,9 @@ fn build(id: &str, bundle: &Path, process: &Path) -> Result<i32, String> {
     Ok(res?.as_raw())
 }
 
-/// libcontainer leaves the tenant's notify socket (`tenant-notify-<random>.sock`) in the
-/// container's state dir; one per exec would pile up. Helpers run one at a time (under the
+/// libcontainer leaves the tenant's notify socket (`tenant-notify-<random>.sock`) and, with a
+/// tty, its console-socket link (`tenant-tty-<random>`) in the container's state dir; one per
+/// exec would pile up. Helpers run one at a time (under the
 /// daemon's fork lock) and the socket is done with once `build` returned, so every such file
 /// can go.
 fn remove_notify_sockets(state_dir: &Path) {
@@ -84,7 +89,7 @@ fn remove_notify_sockets(state_dir: &Path) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(NOTIFY_PREFIX) && name.ends_with(".sock") {
+        if TENANT_PREFIXES.iter().any(|p| name.starts_with(p)) {
             let _ = std::fs::remove_file(entry.path());
         }
     }

@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use libcontainer::container::builder::ContainerBuilder;
@@ -28,6 +28,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use oci_spec::runtime::Spec;
 
+use crate::console::CONSOLE_ENV;
 use crate::error::{Error, Result};
 use crate::executor::BerthExecutor;
 use crate::propagation;
@@ -39,10 +40,20 @@ pub const USER_ANNOTATION: &str = "io.berth.user";
 /// The helper's result pipe.
 pub const RESULT_FD: i32 = 3;
 
-/// Daemon side: creates the container through a helper process; returns the init pid.
+/// Daemon side: creates the container through a helper process; returns the init pid. With
+/// `console` (a tty) the init sends its pty master to that socket.
 /// Call with the reaper's fork lock held; register the pid before releasing it.
-pub fn create(id: &str, bundle: &Path, stdio: ContainerStdio) -> Result<i32> {
-    spawn(id, bundle, "create-helper", &[], stdio)
+pub fn create(
+    id: &str,
+    bundle: &Path,
+    stdio: ContainerStdio,
+    console: Option<&Path>,
+) -> Result<i32> {
+    let env: Vec<(&str, &std::ffi::OsStr)> = console
+        .iter()
+        .map(|p| (CONSOLE_ENV, p.as_os_str()))
+        .collect();
+    spawn(id, bundle, "create-helper", &env, stdio)
 }
 
 /// Daemon side of any helper (`create-helper`, `exec-helper`): runs `berth-shim <subcommand>`
@@ -148,9 +159,10 @@ pub fn run(id: &str, bundle: &Path) -> bool {
     let mut result = unsafe { File::from_raw_fd(RESULT_FD) };
     // Not for the container: closed when the init executes its program.
     let _ = fcntl(RESULT_FD, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
-    let outcome = apply_user_annotation(bundle)
+    let console = std::env::var_os(CONSOLE_ENV).map(PathBuf::from);
+    let outcome = prepare_spec(bundle, console.is_some())
         .map_err(|msg| ("bundle", msg))
-        .and_then(|()| build(id, bundle).map_err(|msg| ("create", msg)));
+        .and_then(|()| build(id, bundle, console).map_err(|msg| ("create", msg)));
     let line = match &outcome {
         Ok(pid) => format!("ok {pid}\n"),
         Err((kind, msg)) => format!("error {kind} {}\n", msg.replace('\n', " ")),
@@ -159,7 +171,7 @@ pub fn run(id: &str, bundle: &Path) -> bool {
     outcome.is_ok()
 }
 
-fn build(id: &str, bundle: &Path) -> std::result::Result<i32, String> {
+fn build(id: &str, bundle: &Path, console: Option<PathBuf>) -> std::result::Result<i32, String> {
     let root = bundle.join("runtime");
     std::fs::create_dir_all(&root).map_err(|e| format!("create {}: {e}", root.display()))?;
     let container = ContainerBuilder::new(id.to_string(), SyscallType::default())
@@ -167,6 +179,7 @@ fn build(id: &str, bundle: &Path) -> std::result::Result<i32, String> {
         .and_then(|b| b.with_root_path(&root))
         .map_err(|e| e.to_string())?
         .with_executor(BerthExecutor::default())
+        .with_console_socket(console)
         .as_init(bundle)
         .with_systemd(false)
         .with_detach(true)
@@ -184,17 +197,38 @@ fn build(id: &str, bundle: &Path) -> std::result::Result<i32, String> {
     Ok(pid)
 }
 
-/// Resolves `io.berth.user` against the image and rewrites config.json with the ids.
-fn apply_user_annotation(bundle: &Path) -> std::result::Result<(), String> {
+/// Makes `process.terminal` in config.json match `terminal` (libcontainer wants a console
+/// socket exactly when it is set), resolves `io.berth.user` against the image and rewrites
+/// config.json when anything changed.
+fn prepare_spec(bundle: &Path, terminal: bool) -> std::result::Result<(), String> {
     let path = bundle.join("config.json");
     let mut spec = Spec::load(&path).map_err(|e| format!("load {}: {e}", path.display()))?;
+    let mut changed = false;
+    if let Some(process) = spec.process_mut().as_mut() {
+        if process.terminal().unwrap_or(false) != terminal {
+            process.set_terminal(Some(terminal));
+            changed = true;
+        }
+    }
+    if apply_user_annotation(bundle, &mut spec)? {
+        changed = true;
+    }
+    if changed {
+        spec.save(&path)
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Resolves `io.berth.user` against the image into `spec`; false when there is none.
+fn apply_user_annotation(bundle: &Path, spec: &mut Spec) -> std::result::Result<bool, String> {
     let Some(name) = spec
         .annotations()
         .as_ref()
         .and_then(|a| a.get(USER_ANNOTATION))
         .cloned()
     else {
-        return Ok(());
+        return Ok(false);
     };
     let root = spec
         .root()
@@ -220,8 +254,7 @@ fn apply_user_annotation(bundle: &Path) -> std::result::Result<(), String> {
         }
     }
     u.set_additional_gids(Some(gids));
-    spec.save(&path)
-        .map_err(|e| format!("write {}: {e}", path.display()))
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -11,17 +11,21 @@
 //! No async runtime: a sync ttrpc server, std threads and blocking I/O keep the resident set
 //! of a per-container process small.
 
+mod attach;
+mod console;
 mod container;
 mod cri_log;
 mod error;
 mod exec;
 mod exec_helper;
+mod exec_io;
 mod executor;
 mod helper;
 mod log;
 mod log_reopen;
 mod pod_init;
 mod propagation;
+mod pump;
 mod reaper;
 mod serve;
 mod service;

@@ -120,11 +120,12 @@ impl Task for TaskService {
         req: CreateTaskRequest,
     ) -> ttrpc::Result<CreateTaskResponse> {
         crate::info!(
-            "create id={} bundle={} rootfs={} stdout={} terminal={}",
+            "create id={} bundle={} rootfs={} stdout={} stdin={} terminal={}",
             req.id,
             req.bundle,
             req.rootfs.len(),
             req.stdout,
+            req.stdin,
             req.terminal
         );
         let res = self.check(&req.id, "").and_then(|()| {
@@ -336,10 +337,11 @@ impl Task for TaskService {
 
     fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
         crate::info!(
-            "exec id={} exec_id={} terminal={} stdout={} stderr={}",
+            "exec id={} exec_id={} terminal={} stdin={} stdout={} stderr={}",
             req.id,
             req.exec_id,
             req.terminal,
+            req.stdin,
             req.stdout,
             req.stderr
         );
@@ -363,12 +365,47 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    fn resize_pty(&self, _ctx: &TtrpcContext, _req: ResizePtyRequest) -> ttrpc::Result<Empty> {
-        finish("resize_pty", Err(Error::Unimplemented("resize_pty")))
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
+        crate::info!(
+            "resize_pty id={} exec_id={} width={} height={}",
+            req.id,
+            req.exec_id,
+            req.width,
+            req.height
+        );
+        finish(
+            "resize_pty",
+            self.check(&req.id, "").and_then(|()| {
+                if req.exec_id.is_empty() {
+                    self.task.resize_pty(req.width, req.height)
+                } else {
+                    self.execs.resize(&req.exec_id, req.width, req.height)
+                }
+            }),
+        )?;
+        Ok(Empty::new())
     }
 
-    fn close_io(&self, _ctx: &TtrpcContext, _req: CloseIORequest) -> ttrpc::Result<Empty> {
-        finish("close_io", Err(Error::Unimplemented("close_io")))
+    fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
+        crate::info!(
+            "close_io id={} exec_id={} stdin={}",
+            req.id,
+            req.exec_id,
+            req.stdin
+        );
+        finish(
+            "close_io",
+            self.check(&req.id, "").and_then(|()| {
+                if !req.stdin {
+                    Ok(())
+                } else if req.exec_id.is_empty() {
+                    self.task.close_stdin()
+                } else {
+                    self.execs.close_stdin(&req.exec_id)
+                }
+            }),
+        )?;
+        Ok(Empty::new())
     }
 
     fn pause(&self, _ctx: &TtrpcContext, _req: PauseRequest) -> ttrpc::Result<Empty> {

@@ -19,7 +19,11 @@ pub const LOG_NAME: &str = "shim.log";
 /// Runs `start`: the caller gets the socket path on stdout once the daemon serves.
 pub fn run(id: &str, bundle: &Path) -> Result<(), String> {
     let socket = bundle.join(SOCKET_NAME);
-    if UnixStream::connect(&socket).is_ok() {
+    // Connect by the name relative to the bundle (as the daemon binds it): the absolute path
+    // may be longer than a unix socket address allows. `start` is single-threaded.
+    std::env::set_current_dir(bundle)
+        .map_err(|e| format!("enter bundle {}: {e}", bundle.display()))?;
+    if UnixStream::connect(SOCKET_NAME).is_ok() {
         return Err(format!("a shim already serves {}", socket.display()));
     }
     let log_path = bundle.join(LOG_NAME);
@@ -52,7 +56,7 @@ pub fn run(id: &str, bundle: &Path) -> Result<(), String> {
     let mut child = cmd.spawn().map_err(|e| format!("spawn shim daemon: {e}"))?;
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        if UnixStream::connect(&socket).is_ok() {
+        if UnixStream::connect(SOCKET_NAME).is_ok() {
             println!("{}", socket.display());
             // The daemon outlives us and is reparented; we never wait for it.
             return Ok(());

@@ -1,7 +1,12 @@
 //! Container stdio: two pipes whose write ends become the container's stdout and stderr, and
-//! one copier thread per pipe turning the bytes into CRI log records (see [`crate::cri_log`]).
-//! Both copiers append to the same file through one mutex, each record in one write(2), so
-//! records never interleave. [`IoTracker`] tells `wait` when both pipes reached EOF (drained).
+//! one copier thread per pipe turning the bytes into CRI log records (see [`crate::cri_log`])
+//! and passing them to attach clients (see [`crate::attach`]). With a tty there is one copier,
+//! reading the pty master, whose output is `stdout`. Copiers append to the same file through
+//! one mutex, each record in one write(2), so records never interleave. [`IoTracker`] tells
+//! `wait` when every copier reached EOF (drained); then attach clients are told output ended.
+//!
+//! Stdin: `/dev/null`, or (container stdin open, no tty) a pipe whose write end attach clients
+//! write to; with a tty, attach input goes to the pty master.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -12,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::fcntl::OFlag;
 
+use crate::attach::Attach;
 use crate::cri_log::{self, LineSplitter, Stream};
 use crate::error::{Error, Result};
 
@@ -32,9 +38,12 @@ impl IoTracker {
         *lock(&self.open) += 1;
     }
 
-    fn done(&self) {
-        *lock(&self.open) -= 1;
+    /// One copier finished; true when it was the last.
+    fn done(&self) -> bool {
+        let mut open = lock(&self.open);
+        *open -= 1;
         self.cv.notify_all();
+        *open == 0
     }
 
     /// Blocks until every copier hit EOF or `timeout` passed; true when drained.
@@ -58,7 +67,7 @@ impl IoTracker {
 /// The container's ends of the stdio pipes, handed to libcontainer.
 #[derive(Debug)]
 pub struct ContainerStdio {
-    /// Container stdin (`/dev/null`).
+    /// Container stdin (`/dev/null` or a pipe's read end).
     pub stdin: OwnedFd,
     /// Write end of the stdout pipe.
     pub stdout: OwnedFd,
@@ -66,9 +75,38 @@ pub struct ContainerStdio {
     pub stderr: OwnedFd,
 }
 
-/// Creates the pipes, opens the CRI log file at `log_path` (empty: output is discarded) and
-/// starts the copiers. Returns the container's ends and the tracker for `wait`.
-pub fn setup(id: &str, log_path: &str) -> Result<(ContainerStdio, Arc<IoTracker>)> {
+/// The log side of a container's output, shared by its copiers.
+pub struct Output {
+    id: String,
+    sink: Arc<Mutex<Option<File>>>,
+    tracker: Arc<IoTracker>,
+    attach: Arc<Attach>,
+}
+
+impl Output {
+    /// The tracker `wait` drains on.
+    pub fn tracker(&self) -> Arc<IoTracker> {
+        self.tracker.clone()
+    }
+
+    /// Starts the copier of a tty container's pty master (its output is `stdout`).
+    pub fn start_console(&self, master: File) -> Result<()> {
+        spawn_copier(self, Stream::Stdout, master)
+    }
+}
+
+/// Opens the CRI log file at `log_path` (empty: output is discarded) and prepares the
+/// container's stdio. Without `terminal`: creates the output pipes and starts their copiers;
+/// with `stdin` the container's stdin is a pipe whose write end goes to `attach`. With
+/// `terminal`: stdio is `/dev/null` (libcontainer puts the pty slave there); call
+/// [`Output::start_console`] with the master.
+pub fn setup(
+    id: &str,
+    log_path: &str,
+    terminal: bool,
+    stdin: bool,
+    attach: &Arc<Attach>,
+) -> Result<(ContainerStdio, Output)> {
     let sink = Arc::new(Mutex::new(open_log(id, log_path)?));
     // Installed even without a log: a stray SIGUSR1 must never terminate the shim.
     crate::log_reopen::install()
@@ -76,20 +114,50 @@ pub fn setup(id: &str, log_path: &str) -> Result<(ContainerStdio, Arc<IoTracker>
     if !log_path.is_empty() {
         crate::log_reopen::register(Path::new(log_path), &sink);
     }
-    let stdin = File::open("/dev/null").map_err(|e| Error::io(id, "open /dev/null", e))?;
+    let output = Output {
+        id: id.to_string(),
+        sink,
+        tracker: Arc::new(IoTracker::default()),
+        attach: attach.clone(),
+    };
+    let null = |what: &str| open_null(id, what);
+    if terminal {
+        let stdio = ContainerStdio {
+            stdin: null("stdin")?,
+            stdout: null("stdout")?,
+            stderr: null("stderr")?,
+        };
+        return Ok((stdio, output));
+    }
+    let stdin = if stdin {
+        let (r, w) = pipe(id)?;
+        attach.set_stdin(Some(File::from(w)));
+        r
+    } else {
+        null("stdin")?
+    };
     let (out_r, out_w) = pipe(id)?;
     let (err_r, err_w) = pipe(id)?;
-    let tracker = Arc::new(IoTracker::default());
-    spawn_copier(id, Stream::Stdout, out_r, sink.clone(), tracker.clone())?;
-    spawn_copier(id, Stream::Stderr, err_r, sink, tracker.clone())?;
+    spawn_copier(&output, Stream::Stdout, File::from(out_r))?;
+    spawn_copier(&output, Stream::Stderr, File::from(err_r))?;
     Ok((
         ContainerStdio {
-            stdin: stdin.into(),
+            stdin,
             stdout: out_w,
             stderr: err_w,
         },
-        tracker,
+        output,
     ))
+}
+
+/// Opens `/dev/null` read-write for container or exec `id`'s `what` (stdin, stdout, stderr).
+pub fn open_null(id: &str, what: &str) -> Result<OwnedFd> {
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Error::io(id, format!("open /dev/null for {what}"), e))?;
+    Ok(f.into())
 }
 
 fn pipe(id: &str) -> Result<(OwnedFd, OwnedFd)> {
@@ -111,37 +179,40 @@ fn open_log(id: &str, log_path: &str) -> Result<Option<File>> {
         .map_err(|e| Error::io(id, format!("open log file {log_path}"), e))
 }
 
-fn spawn_copier(
-    id: &str,
-    stream: Stream,
-    pipe: OwnedFd,
-    sink: Arc<Mutex<Option<File>>>,
-    tracker: Arc<IoTracker>,
-) -> Result<()> {
-    tracker.start();
-    let tracker2 = tracker.clone();
-    let id2 = id.to_string();
+fn spawn_copier(out: &Output, stream: Stream, src: File) -> Result<()> {
+    out.tracker.start();
+    let tracker = out.tracker.clone();
+    let attach = out.attach.clone();
+    let sink = out.sink.clone();
+    let id = out.id.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("io-{}", stream.as_str()))
         .stack_size(COPIER_STACK)
         .spawn(move || {
-            copy(&id2, stream, File::from(pipe), &sink);
-            tracker2.done();
+            copy(&id, stream, src, &sink, &attach);
+            if tracker.done() {
+                attach.output_ended();
+            }
         });
     match spawned {
         Ok(_) => Ok(()),
         Err(e) => {
-            tracker.done();
-            Err(Error::io(id, "spawn log copier thread", e))
+            out.tracker.done();
+            Err(Error::io(&out.id, "spawn log copier thread", e))
         }
     }
 }
 
-/// Copies one pipe into the log until EOF.
-fn copy(id: &str, stream: Stream, mut pipe: File, sink: &Mutex<Option<File>>) {
+/// Copies one pipe (or pty master) into the log and to attach clients until EOF (or EIO: a
+/// pty whose slave side is closed).
+fn copy(id: &str, stream: Stream, mut pipe: File, sink: &Mutex<Option<File>>, attach: &Attach) {
     let mut splitter = LineSplitter::new(cri_log::MAX_LINE);
     let mut buf = vec![0u8; READ_BUF];
     let mut failed = false;
+    let frame_stream = match stream {
+        Stream::Stdout => crate::attach::STDOUT,
+        Stream::Stderr => crate::attach::STDERR,
+    };
     let mut emit = |tag: cri_log::Tag, text: &[u8]| {
         let mut guard = lock(sink);
         let Some(file) = guard.as_mut() else { return };
@@ -156,8 +227,12 @@ fn copy(id: &str, stream: Stream, mut pipe: File, sink: &Mutex<Option<File>>) {
     loop {
         match pipe.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => splitter.feed(&buf[..n], &mut emit),
+            Ok(n) => {
+                attach.output(frame_stream, &buf[..n]);
+                splitter.feed(&buf[..n], &mut emit);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
             Err(e) => {
                 crate::error!("container {id}: read {}: {e}", stream.as_str());
                 break;
@@ -180,7 +255,9 @@ mod tests {
     fn copies_both_streams_into_one_file() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("sub/c.log");
-        let (stdio, tracker) = setup("t", &log.to_string_lossy())?;
+        let attach = Attach::new("t");
+        let (stdio, out) = setup("t", &log.to_string_lossy(), false, false, &attach)?;
+        let tracker = out.tracker();
         File::from(stdio.stdout).write_all(b"out line\npartial")?;
         File::from(stdio.stderr).write_all(b"err line\n")?;
         assert!(tracker.wait_drained(Duration::from_secs(5)));

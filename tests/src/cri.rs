@@ -23,6 +23,20 @@ pub fn code<T>(r: &Result<T, tonic::Status>) -> Code {
     }
 }
 
+/// The security context the kubelet sends for an ordinary pod: pod network and IPC, a PID
+/// namespace per container.
+pub fn kubelet_pod_security_context() -> cri::LinuxSandboxSecurityContext {
+    cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            network: cri::NamespaceMode::Pod as i32,
+            pid: cri::NamespaceMode::Container as i32,
+            ipc: cri::NamespaceMode::Pod as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// A pod config like the kubelet's: unique uid, log dir under the test dir (created here, as the
 /// kubelet does), cgroup parent `/bt-N`.
 pub fn pod_config(d: &Berthd, name: &str) -> anyhow::Result<cri::PodSandboxConfig> {
@@ -40,16 +54,7 @@ pub fn pod_config(d: &Berthd, name: &str) -> anyhow::Result<cri::PodSandboxConfi
         labels: HashMap::from([("test".to_string(), name.to_string())]),
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: d.slot().cgroup_parent(),
-            // What the kubelet sends for an ordinary pod.
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Pod as i32,
-                    pid: cri::NamespaceMode::Container as i32,
-                    ipc: cri::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            security_context: Some(kubelet_pod_security_context()),
             ..Default::default()
         }),
         ..Default::default()

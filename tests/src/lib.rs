@@ -12,6 +12,7 @@ pub mod image;
 pub mod leaks;
 pub mod registry;
 pub mod slot;
+pub mod stream_client;
 pub mod token_registry;
 pub mod wait;
 

@@ -5,6 +5,7 @@
 //! record stores, so teardown works after a configuration change and after a berthd restart.
 
 pub mod config;
+pub mod dial;
 pub mod invoke;
 pub mod result;
 

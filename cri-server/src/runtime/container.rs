@@ -10,6 +10,7 @@ mod cgroup;
 mod create;
 mod devices;
 pub mod exec;
+pub mod exec_io;
 mod filter;
 mod lifecycle;
 pub mod log_path;
@@ -17,7 +18,10 @@ mod log_reopen;
 mod record;
 pub mod shim_client;
 pub mod signal;
+pub mod socket_path;
 pub mod spec;
+pub mod stream_attach;
+pub mod stream_exec;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

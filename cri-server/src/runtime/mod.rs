@@ -6,6 +6,7 @@ pub mod events;
 pub mod pod_metrics;
 pub mod sandbox;
 pub mod stats;
+pub mod stream_backend;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::config::Config;
 use crate::error::Error;
 use crate::image::manager::ImageManager;
+use crate::streaming::StreamingServer;
 use container::ContainerManager;
 use events::EventBus;
 use sandbox::SandboxManager;
@@ -30,6 +32,8 @@ pub struct RuntimeHandlers {
     sandbox_stop_timeout_secs: i64,
     /// The effective configuration, as JSON, for `crictl info`.
     config_json: String,
+    /// Serves the exec, attach and port-forward URLs the RPCs hand out.
+    streaming: Arc<StreamingServer>,
 }
 
 /// Runtime handlers berth serves: the default (empty name) and its own name. Both run containers with
@@ -48,12 +52,18 @@ impl RuntimeHandlers {
             i64::try_from(config.runtime.sandbox_stop_timeout_secs).unwrap_or(i64::MAX);
         let config_json = serde_json::to_string(config)
             .map_err(|e| Error::Internal(format!("encoding the configuration: {e}")))?;
+        let backend = Arc::new(stream_backend::RuntimeBackend::new(
+            containers.clone(),
+            sandboxes.clone(),
+        ));
+        let streaming = StreamingServer::start(&config.streaming, backend)?;
         Ok(Self {
             sandboxes,
             containers,
             events,
             sandbox_stop_timeout_secs,
             config_json,
+            streaming,
         })
     }
 
@@ -296,22 +306,53 @@ impl RuntimeService for RuntimeHandlers {
         ))
     }
 
-    async fn exec(&self, _request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        Err(unimplemented("Exec"))
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        let mut req = request.into_inner();
+        require("container_id", &req.container_id)?;
+        req.container_id = self.containers.check_exec(&req)?;
+        let url = self.streaming.exec_url(req)?;
+        Ok(Response::new(ExecResponse { url }))
     }
 
     async fn attach(
         &self,
-        _request: Request<AttachRequest>,
+        request: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
-        Err(unimplemented("Attach"))
+        let mut req = request.into_inner();
+        require("container_id", &req.container_id)?;
+        req.container_id = self.containers.check_attach(&req)?;
+        let url = self.streaming.attach_url(req)?;
+        Ok(Response::new(AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
-        _request: Request<PortForwardRequest>,
+        request: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        Err(unimplemented("PortForward"))
+        let mut req = request.into_inner();
+        require("pod_sandbox_id", &req.pod_sandbox_id)?;
+        let pod = self.sandboxes.info(&req.pod_sandbox_id).await?;
+        if !pod.ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {}: port-forward: the pod is not ready",
+                pod.id
+            ))
+            .into());
+        }
+        if let Some(bad) = req
+            .port
+            .iter()
+            .find(|p| u16::try_from(**p).map_or(true, |p| p == 0))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "pod sandbox {}: port-forward: invalid port {bad}",
+                pod.id
+            ))
+            .into());
+        }
+        req.pod_sandbox_id = pod.id;
+        let url = self.streaming.port_forward_url(req)?;
+        Ok(Response::new(PortForwardResponse { url }))
     }
 
     async fn container_stats(

@@ -190,8 +190,14 @@ pub(super) async fn create(mgr: &ContainerManager, req: CreateContainerRequest) 
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
+        // The shim only checks that stdin is non-empty; the attach socket is where it comes from.
+        let stdin = if config.stdin {
+            super::record::attach_socket(&bundle).display().to_string()
+        } else {
+            String::new()
+        };
         let pid = shim
-            .create(&bundle, &rootfs, &log_string, config.tty)
+            .create(&bundle, &rootfs, &log_string, &stdin, config.tty)
             .await?;
         undo.task_created = true;
         let user = resolved_user(&bundle);
@@ -236,6 +242,7 @@ pub(super) async fn create(mgr: &ContainerManager, req: CreateContainerRequest) 
             resources: resources.unwrap_or_default(),
             tty: config.tty,
             stdin: config.stdin,
+            stdin_once: config.stdin_once,
             user,
         };
         mgr.shared.store.put(&id, &rec)?;

@@ -128,6 +128,7 @@ mod tests {
             resources: ResourcesRecord::default(),
             tty: false,
             stdin: false,
+            stdin_once: false,
             user: None,
         }
     }

@@ -127,6 +127,11 @@ impl From<&ResourcesRecord> for LinuxContainerResources {
     }
 }
 
+/// The attach socket of the container whose bundle is `bundle`.
+pub fn attach_socket(bundle: &std::path::Path) -> PathBuf {
+    bundle.join("attach.sock")
+}
+
 /// Everything berth keeps about a container. Persisted as `<root>/store/containers/<id>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -180,6 +185,9 @@ pub struct ContainerRecord {
     pub tty: bool,
     /// The container asked for stdin.
     pub stdin: bool,
+    /// Its stdin is closed when the first attach client's stdin ends.
+    #[serde(default)]
+    pub stdin_once: bool,
     /// The process identity after the shim resolved it: (uid, gid, additional gids).
     #[serde(default)]
     pub user: Option<(u32, u32, Vec<u32>)>,
@@ -189,6 +197,11 @@ impl ContainerRecord {
     /// The shim's socket.
     pub fn shim_socket(&self) -> PathBuf {
         self.bundle.join("shim.sock")
+    }
+
+    /// The socket where the shim serves attach clients (container stdio).
+    pub fn attach_socket(&self) -> PathBuf {
+        attach_socket(&self.bundle)
     }
 
     fn metadata(&self) -> ContainerMetadata {

@@ -9,12 +9,15 @@ use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim_async::{Client, TaskClient};
 use containerd_shim_protos::ttrpc::{self, context, Code};
 
+use super::socket_path::SocketPath;
 use crate::error::{Error, Result};
 
 /// Per-request timeout for everything but `wait`.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting to a shim socket may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// type_url of the OCI Process sent in ExecProcessRequest (what containerd uses).
+pub const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 /// type_url of OCI LinuxResources sent in UpdateTaskRequest (what containerd uses).
 pub const LINUX_RESOURCES_TYPE_URL: &str =
     "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
@@ -97,6 +100,20 @@ fn ctx() -> context::Context {
     context::with_duration(CALL_TIMEOUT)
 }
 
+/// The stdio of an exec process as the shim takes it: paths of FIFOs berthd created (empty:
+/// /dev/null), and whether it gets a pty (then stdout carries the terminal and stderr is empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecStdio {
+    /// Give the process a pty.
+    pub terminal: bool,
+    /// FIFO berthd holds open for writing; empty for none.
+    pub stdin: String,
+    /// FIFO berthd holds open for reading.
+    pub stdout: String,
+    /// FIFO berthd holds open for reading; empty with a terminal.
+    pub stderr: String,
+}
+
 /// Exit of a container's init process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exit {
@@ -141,7 +158,10 @@ pub struct ShimClient {
 impl ShimClient {
     /// Connects to the shim socket of container `id`.
     pub async fn connect(id: &str, socket: &Path) -> Result<Self> {
-        let address = format!("unix://{}", socket.display());
+        let short = SocketPath::new(socket).map_err(|e| {
+            Error::Unavailable(format!("container {id}: opening {}: {e}", socket.display()))
+        })?;
+        let address = format!("unix://{}", short.path().display());
         let client = tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(&address))
             .await
             .map_err(|_| {
@@ -156,12 +176,20 @@ impl ShimClient {
         })
     }
 
+    /// The container id this client talks about.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// CreateTask: mounts the rootfs, sets up the log, creates the container; returns the init pid.
+    /// `stdin` non-empty (the attach socket's path) opens the container's stdin to attach clients;
+    /// `terminal` gives the init a pty.
     pub async fn create(
         &self,
         bundle: &Path,
         rootfs: &[snapshotter::Mount],
         log_path: &str,
+        stdin: &str,
         terminal: bool,
     ) -> Result<u32> {
         let req = api::CreateTaskRequest {
@@ -177,6 +205,7 @@ impl ShimClient {
                     ..Default::default()
                 })
                 .collect(),
+            stdin: stdin.to_string(),
             stdout: log_path.to_string(),
             stderr: log_path.to_string(),
             terminal,
@@ -193,16 +222,7 @@ impl ShimClient {
 
     /// Starts the init process; returns its pid.
     pub async fn start(&self) -> Result<u32> {
-        let req = api::StartRequest {
-            id: self.id.clone(),
-            ..Default::default()
-        };
-        let resp = self
-            .task
-            .start(ctx(), &req)
-            .await
-            .map_err(|e| map_err(&self.id, "start", e))?;
-        Ok(resp.pid)
+        self.start_process("").await
     }
 
     /// Sends `signal` to init (or every process of the container when `all`).
@@ -222,8 +242,127 @@ impl ShimClient {
 
     /// Blocks (no timeout) until init exited and its output is drained.
     pub async fn wait(&self) -> Result<Exit> {
+        self.wait_process("").await
+    }
+
+    /// Creates exec process `exec_id` from `process_json` (an OCI Process) wired to `stdio`.
+    pub async fn exec(
+        &self,
+        exec_id: &str,
+        process_json: Vec<u8>,
+        stdio: &ExecStdio,
+    ) -> Result<()> {
+        let req = api::ExecProcessRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_string(),
+            terminal: stdio.terminal,
+            stdin: stdio.stdin.clone(),
+            stdout: stdio.stdout.clone(),
+            stderr: stdio.stderr.clone(),
+            spec: MessageField::some(Any {
+                type_url: PROCESS_TYPE_URL.to_string(),
+                value: process_json,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.task
+            .exec(ctx(), &req)
+            .await
+            .map_err(|e| map_err(&self.id, "exec", e))?;
+        Ok(())
+    }
+
+    /// Starts exec process `exec_id`; returns its pid.
+    pub async fn start_exec(&self, exec_id: &str) -> Result<u32> {
+        self.start_process(exec_id).await
+    }
+
+    /// Blocks (no timeout) until exec process `exec_id` exited.
+    pub async fn wait_exec(&self, exec_id: &str) -> Result<Exit> {
+        self.wait_process(exec_id).await
+    }
+
+    /// Sends `signal` to exec process `exec_id`.
+    pub async fn kill_exec(&self, exec_id: &str, signal: u32) -> Result<()> {
+        let req = api::KillRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_string(),
+            signal,
+            ..Default::default()
+        };
+        self.task
+            .kill(ctx(), &req)
+            .await
+            .map_err(|e| map_err(&self.id, "kill exec", e))?;
+        Ok(())
+    }
+
+    /// Deletes exec process `exec_id` in the shim (killing it if it still runs); one already gone
+    /// is not an error.
+    pub async fn delete_exec(&self, exec_id: &str) -> Result<()> {
+        let req = api::DeleteRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        match self.task.delete(ctx(), &req).await {
+            Ok(_) => Ok(()),
+            Err(ttrpc::Error::RpcStatus(s)) if s.code() == Code::NOT_FOUND => Ok(()),
+            Err(e) => Err(map_err(&self.id, "delete exec", e)),
+        }
+    }
+
+    /// Resizes the pty of init (`exec_id` empty) or of an exec process (TIOCSWINSZ in the shim);
+    /// FailedPrecondition when it has no terminal.
+    pub async fn resize_pty(&self, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let req = api::ResizePtyRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_string(),
+            width,
+            height,
+            ..Default::default()
+        };
+        self.task
+            .resize_pty(ctx(), &req)
+            .await
+            .map_err(|e| map_err(&self.id, "resize pty", e))?;
+        Ok(())
+    }
+
+    /// Closes the stdin of init (`exec_id` empty) or of an exec process for good: it reads EOF.
+    pub async fn close_stdin(&self, exec_id: &str) -> Result<()> {
+        let req = api::CloseIORequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_string(),
+            stdin: true,
+            ..Default::default()
+        };
+        self.task
+            .close_io(ctx(), &req)
+            .await
+            .map_err(|e| map_err(&self.id, "close io", e))?;
+        Ok(())
+    }
+
+    async fn start_process(&self, exec_id: &str) -> Result<u32> {
+        let req = api::StartRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        let resp = self
+            .task
+            .start(ctx(), &req)
+            .await
+            .map_err(|e| map_err(&self.id, "start", e))?;
+        Ok(resp.pid)
+    }
+
+    async fn wait_process(&self, exec_id: &str) -> Result<Exit> {
         let req = api::WaitRequest {
             id: self.id.clone(),
+            exec_id: exec_id.to_string(),
             ..Default::default()
         };
         let resp = self
