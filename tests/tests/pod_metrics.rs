@@ -1,7 +1,12 @@
 //! ListMetricDescriptors / ListPodSandboxMetrics against real cgroups and a real pod network: every
 //! emitted metric has a descriptor with as many label keys as it has values, a ready pod and its running
 //! container are listed with cAdvisor-named metrics, CPU seconds grow with a busy loop, the working set
-//! is non-zero, eth0 receive bytes grow with traffic from another pod, stopped pods are left out.
+//! is non-zero, eth0 receive bytes grow with traffic from another pod, stopped pods are left out; and
+//! critest's cAdvisor set (names copied below) is described and filled for a container with critest's
+//! resources, with the spec values read back from the cgroup.
+
+use std::collections::HashMap;
+use std::path::Path;
 
 use anyhow::Context;
 use berth_tests::cri;
@@ -216,6 +221,160 @@ async fn pod_metrics_cpu_memory_network() -> anyhow::Result<()> {
         .map(|p| p.pod_sandbox_id)
         .collect();
     assert_eq!(ids, vec![a_id.clone()]);
+
+    leaks::assert_no_leaks(d).await;
+    Ok(())
+}
+
+/// critest's `expectedMetricDescriptorNames` minus `unimplementedMetricDescriptors`
+/// (cri-tools pkg/validate/pod.go): each must be described, and have a value unless in [`OPTIONAL`].
+const REQUIRED: &[&str] = &[
+    "container_blkio_device_usage_total",
+    "container_cpu_cfs_periods_total",
+    "container_cpu_cfs_throttled_periods_total",
+    "container_cpu_cfs_throttled_seconds_total",
+    "container_cpu_system_seconds_total",
+    "container_cpu_usage_seconds_total",
+    "container_cpu_user_seconds_total",
+    "container_file_descriptors",
+    "container_fs_inodes_free",
+    "container_fs_inodes_total",
+    "container_fs_limit_bytes",
+    "container_fs_reads_bytes_total",
+    "container_fs_reads_total",
+    "container_fs_usage_bytes",
+    "container_fs_writes_bytes_total",
+    "container_fs_writes_total",
+    "container_last_seen",
+    "container_memory_cache",
+    "container_memory_failcnt",
+    "container_memory_failures_total",
+    "container_memory_kernel_usage",
+    "container_memory_mapped_file",
+    "container_memory_max_usage_bytes",
+    "container_memory_rss",
+    "container_memory_swap",
+    "container_memory_usage_bytes",
+    "container_memory_working_set_bytes",
+    "container_network_receive_bytes_total",
+    "container_network_receive_errors_total",
+    "container_network_receive_packets_dropped_total",
+    "container_network_receive_packets_total",
+    "container_network_transmit_bytes_total",
+    "container_network_transmit_errors_total",
+    "container_network_transmit_packets_dropped_total",
+    "container_network_transmit_packets_total",
+    "container_oom_events_total",
+    "container_processes",
+    "container_sockets",
+    "container_spec_cpu_period",
+    "container_spec_cpu_shares",
+    "container_spec_memory_limit_bytes",
+    "container_spec_memory_swap_limit_bytes",
+    "container_start_time_seconds",
+    "container_threads",
+    "container_threads_max",
+];
+
+/// critest's `optionalValuesForMetricDescriptors`: block I/O, which needs per-device accounting.
+const OPTIONAL: &[&str] = &[
+    "container_blkio_device_usage_total",
+    "container_fs_reads_bytes_total",
+    "container_fs_reads_total",
+    "container_fs_writes_bytes_total",
+    "container_fs_writes_total",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_metrics_critest_set() -> anyhow::Result<()> {
+    require_root!();
+    let env = TestEnv::start_pulled().await?;
+    let d = &env.d;
+    let descs = descriptors(d).await?;
+    for name in REQUIRED {
+        let desc = descs.iter().find(|d| d.name == *name);
+        let desc = desc.with_context(|| format!("no descriptor {name}"))?;
+        assert!(
+            !desc.help.is_empty() && !desc.label_keys.is_empty(),
+            "{desc:?}"
+        );
+    }
+
+    // As critest's createContainerForMetrics, then files written as its ExecSync does.
+    let (pod_id, pod) = env.pod("pm-critest").await?;
+    let mut cfg = cri::shell(
+        "metered",
+        env.busybox(),
+        "mkdir -p /var/lib/mydisktest && for i in $(seq 1 10); do echo hi >> \
+         /var/lib/mydisktest/inode_test_file_$i; done; sync; echo ready; exec sleep 1000",
+    );
+    cfg.linux = Some(k::LinuxContainerConfig {
+        resources: Some(k::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 20_000,
+            cpu_shares: 1024,
+            memory_limit_in_bytes: 64 << 20,
+            memory_swap_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let log = cri::log_file(&pod, &cfg);
+    let ctr = cri::run_container(d, &pod_id, &pod, cfg).await?;
+    cri::wait_log_line(&log, "stdout", "ready").await?;
+
+    let pods = pod_metrics(d).await?;
+    check_consistent(&descs, &pods);
+    let pm = pods
+        .iter()
+        .find(|p| p.pod_sandbox_id == pod_id)
+        .context("no metrics for the pod")?;
+    // As critest: the label values of the first metric of each name, pod level first.
+    let mut first: HashMap<&str, &[String]> = HashMap::new();
+    let all = pm
+        .metrics
+        .iter()
+        .chain(pm.container_metrics.iter().flat_map(|c| c.metrics.iter()));
+    for m in all {
+        first.entry(m.name.as_str()).or_insert(&m.label_values);
+    }
+    for name in REQUIRED {
+        let keys = descs
+            .iter()
+            .find(|d| d.name == *name)
+            .map(|d| d.label_keys.len());
+        match first.get(name) {
+            Some(values) => assert_eq!(Some(values.len()), keys, "{name} label count"),
+            None => assert!(OPTIONAL.contains(name), "no value for {name}"),
+        }
+    }
+
+    let cm = &pm
+        .container_metrics
+        .iter()
+        .find(|c| c.container_id == ctr)
+        .context("no metrics for the container")?
+        .metrics;
+    let value = |name: &str| find(&descs, cm, name, "id", &ctr);
+    // cgroup v2 keeps cpu.weight; 1024 shares round-trip to 998 as cAdvisor converts it back.
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let shares = if v2 { 998 } else { 1024 };
+    assert_eq!(value("container_spec_cpu_shares"), Some(shares));
+    assert_eq!(value("container_spec_cpu_period"), Some(100_000));
+    assert_eq!(value("container_spec_memory_limit_bytes"), Some(64 << 20));
+    let threads = value("container_threads").unwrap_or(0);
+    assert!(threads >= 1, "threads {threads}");
+    assert!(value("container_file_descriptors").unwrap_or(0) >= 1);
+    let now = std::time::UNIX_EPOCH.elapsed()?.as_secs();
+    let start = value("container_start_time_seconds").unwrap_or(0);
+    assert!(
+        start <= now && now - start < 120,
+        "start {start}, now {now}"
+    );
+    let inodes = value("container_fs_inodes_total").unwrap_or(0);
+    let free = value("container_fs_inodes_free").unwrap_or(0);
+    assert!(free <= inodes, "inodes {free} free of {inodes}");
+    assert!(value("container_fs_limit_bytes").unwrap_or(0) > 0);
 
     leaks::assert_no_leaks(d).await;
     Ok(())

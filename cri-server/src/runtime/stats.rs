@@ -1,11 +1,18 @@
 //! ContainerStats, ListContainerStats, PodSandboxStats and ListPodSandboxStats: cgroup counters (v1 or v2),
 //! the writable layer's disk usage, and a pod's network and process counters, in CRI types.
+//! [`list_pod_sandbox_details`] adds, for pod metrics, what the CRI stats messages have no field for:
+//! the full cgroup sample, cgroup limits, task counts, block I/O, filesystem capacity, start times and
+//! all network counters.
 //!
 //! `usage_nano_cores` is a rate: the previous CPU sample of each container and pod is kept in [`CpuRates`]
 //! (as containerd does), so the first sample reports 0.
 
+mod blkio;
+mod cgroup_limits;
 mod cgroup_stats;
+mod fs;
 mod net;
+mod tasks;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,7 +25,12 @@ use crate::error::{Error, Result};
 use crate::runtime::cgroup::CgroupLayout;
 use crate::runtime::container::{ContainerManager, ContainerRecord};
 use crate::runtime::sandbox::SandboxManager;
-use cgroup_stats::CgroupSample;
+pub use blkio::DeviceIo;
+pub use cgroup_limits::CgroupLimits;
+pub use cgroup_stats::{CfsSample, CgroupSample, CpuSplit, MemorySample, SwapSample};
+pub use fs::FsCapacity;
+pub use net::InterfaceCounters;
+pub use tasks::TaskCounts;
 
 /// The interface reported as a pod's `default_interface`.
 const DEFAULT_INTERFACE: &str = "eth0";
@@ -64,6 +76,34 @@ pub struct StatsSource {
     pub cpu: Arc<CpuRates>,
 }
 
+/// What pod metrics read about a container beyond its [`ContainerStats`].
+#[derive(Debug, Clone, Default)]
+pub struct ContainerDetail {
+    /// The cgroup sample the stats were made from.
+    pub sample: CgroupSample,
+    /// The cgroup's limits.
+    pub limits: CgroupLimits,
+    /// Processes, threads, descriptors and sockets; `None` when the cgroup is gone.
+    pub tasks: Option<TaskCounts>,
+    /// Block I/O per device (empty without I/O accounting).
+    pub blkio: Vec<DeviceIo>,
+    /// The writable layer's filesystem.
+    pub fs: Option<FsCapacity>,
+    /// Start time in unix seconds (creation time until started).
+    pub start_time_s: u64,
+}
+
+/// One pod's stats with the details pod metrics need.
+#[derive(Debug, Clone, Default)]
+pub struct PodDetail {
+    /// The CRI stats.
+    pub stats: PodSandboxStats,
+    /// Every interface of the pod's network namespace but `lo` (empty for hostNetwork pods).
+    pub interfaces: Vec<InterfaceCounters>,
+    /// Container details by container id.
+    pub containers: HashMap<String, ContainerDetail>,
+}
+
 /// ContainerStats for one container (id or unique prefix). NotFound when unknown.
 pub async fn container_stats(containers: &ContainerManager, id: &str) -> Result<ContainerStats> {
     let rec = containers.stats_record(id)?;
@@ -107,7 +147,7 @@ pub async fn pod_sandbox_stats(
         .into_iter()
         .find(|p| p.id == id)
         .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))?;
-    one_pod(sandboxes, containers, item).await
+    Ok(one_pod(sandboxes, containers, item, false).await?.stats)
 }
 
 /// ListPodSandboxStats: every sandbox passing the filter (sandboxes removed meanwhile are skipped).
@@ -116,20 +156,41 @@ pub async fn list_pod_sandbox_stats(
     containers: &ContainerManager,
     filter: PodSandboxStatsFilter,
 ) -> Result<Vec<PodSandboxStats>> {
+    let filter = PodSandboxFilter {
+        id: filter.id,
+        state: None,
+        label_selector: filter.label_selector,
+    };
+    let pods = pods(sandboxes, containers, filter, false).await?;
+    Ok(pods.into_iter().map(|p| p.stats).collect())
+}
+
+/// The stats and details of every sandbox passing `filter`, for pod metrics.
+pub async fn list_pod_sandbox_details(
+    sandboxes: &SandboxManager,
+    containers: &ContainerManager,
+    filter: PodSandboxFilter,
+) -> Result<Vec<PodDetail>> {
+    pods(sandboxes, containers, filter, true).await
+}
+
+/// Sandboxes removed meanwhile are skipped; container details are read when `detailed`.
+async fn pods(
+    sandboxes: &SandboxManager,
+    containers: &ContainerManager,
+    filter: PodSandboxFilter,
+    detailed: bool,
+) -> Result<Vec<PodDetail>> {
     let items = sandboxes
         .list(ListPodSandboxRequest {
-            filter: Some(PodSandboxFilter {
-                id: filter.id,
-                state: None,
-                label_selector: filter.label_selector,
-            }),
+            filter: Some(filter),
         })
         .await?
         .items;
     let mut out = Vec::with_capacity(items.len());
     for item in items {
-        match one_pod(sandboxes, containers, item).await {
-            Ok(stats) => out.push(stats),
+        match one_pod(sandboxes, containers, item, detailed).await {
+            Ok(pod) => out.push(pod),
             Err(Error::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
@@ -141,17 +202,24 @@ async fn one_pod(
     sandboxes: &SandboxManager,
     containers: &ContainerManager,
     item: PodSandbox,
-) -> Result<PodSandboxStats> {
+    detailed: bool,
+) -> Result<PodDetail> {
     let info = sandboxes.info(&item.id).await?;
-    let container_stats = list_container_stats(
-        containers,
-        ContainerStatsFilter {
-            pod_sandbox_id: item.id.clone(),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let records = containers.stats_records(&ContainerFilter {
+        pod_sandbox_id: item.id.clone(),
+        ..Default::default()
+    });
     let source = containers.stats_source();
+    let (container_stats, details) = if detailed {
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let (stats, details): (Vec<_>, Vec<_>) = collect_detailed(source.clone(), records)
+            .await?
+            .into_iter()
+            .unzip();
+        (stats, ids.into_iter().zip(details).collect())
+    } else {
+        (collect(source.clone(), records).await?, HashMap::new())
+    };
     let (cgroup_path, netns) = (info.cgroup_path.clone(), info.netns_path.clone());
     let pod_id = item.id.clone();
     let (ts, sample, network) = blocking(move || {
@@ -173,7 +241,14 @@ async fn one_pod(
     .await?;
     let cpu_key = format!("pod:{}", item.id);
     let source = containers.stats_source();
-    Ok(PodSandboxStats {
+    let interfaces = network
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .filter(|i| i.name != "lo")
+        .cloned()
+        .collect();
+    let stats = PodSandboxStats {
         attributes: Some(PodSandboxAttributes {
             id: item.id,
             metadata: item.metadata,
@@ -191,6 +266,11 @@ async fn one_pod(
             containers: container_stats,
         }),
         windows: None,
+    };
+    Ok(PodDetail {
+        stats,
+        interfaces,
+        containers: details,
     })
 }
 
@@ -199,10 +279,63 @@ async fn collect(
     source: StatsSource,
     records: Vec<ContainerRecord>,
 ) -> Result<Vec<ContainerStats>> {
-    blocking(move || Ok(records.iter().map(|r| one_container(&source, r)).collect())).await
+    blocking(move || {
+        Ok(records
+            .iter()
+            .map(|r| one_container(&source, r).0)
+            .collect())
+    })
+    .await
 }
 
-fn one_container(source: &StatsSource, rec: &ContainerRecord) -> ContainerStats {
+/// [`collect`] plus each container's [`ContainerDetail`].
+async fn collect_detailed(
+    source: StatsSource,
+    records: Vec<ContainerRecord>,
+) -> Result<Vec<(ContainerStats, ContainerDetail)>> {
+    blocking(move || {
+        // Every writable layer is on the same filesystem.
+        let fs = fs::capacity(&source.snapshots_dir);
+        Ok(records
+            .iter()
+            .map(|r| {
+                let (stats, sample) = one_container(&source, r);
+                (stats, detail(&source, r, sample, fs))
+            })
+            .collect())
+    })
+    .await
+}
+
+/// The reads [`ContainerDetail`] adds to `sample`. Blocking.
+fn detail(
+    source: &StatsSource,
+    rec: &ContainerRecord,
+    sample: CgroupSample,
+    fs: Option<FsCapacity>,
+) -> ContainerDetail {
+    let layout = source.cgroups.as_deref();
+    let start_ns = if rec.started_at > 0 {
+        rec.started_at
+    } else {
+        rec.created_at
+    };
+    ContainerDetail {
+        sample,
+        limits: layout
+            .map(|l| cgroup_limits::read(l, &rec.cgroup_path))
+            .unwrap_or_default(),
+        tasks: layout.and_then(|l| tasks::read(l, &rec.cgroup_path)),
+        blkio: layout
+            .map(|l| blkio::read(l, &rec.cgroup_path))
+            .unwrap_or_default(),
+        fs,
+        start_time_s: u64::try_from(start_ns / 1_000_000_000).unwrap_or(0),
+    }
+}
+
+/// A container's CRI stats and the cgroup sample they were made from.
+fn one_container(source: &StatsSource, rec: &ContainerRecord) -> (ContainerStats, CgroupSample) {
     let ts = now_ns();
     let sample = source
         .cgroups
@@ -216,7 +349,7 @@ fn one_container(source: &StatsSource, rec: &ContainerRecord) -> ContainerStats 
             None
         }
     };
-    ContainerStats {
+    let stats = ContainerStats {
         attributes: Some(ContainerAttributes {
             id: rec.id.clone(),
             metadata: Some(ContainerMetadata {
@@ -241,7 +374,8 @@ fn one_container(source: &StatsSource, rec: &ContainerRecord) -> ContainerStats 
             swap_available_bytes: s.available.and_then(value),
             swap_usage_bytes: value(s.usage),
         }),
-    }
+    };
+    (stats, sample)
 }
 
 fn cpu_usage(rates: &CpuRates, key: &str, ts: i64, sample: &CgroupSample) -> Option<CpuUsage> {

@@ -15,12 +15,20 @@ pub struct InterfaceCounters {
     pub name: String,
     /// Bytes received.
     pub rx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
     /// Receive errors.
     pub rx_errors: u64,
+    /// Received packets dropped.
+    pub rx_dropped: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
     /// Transmit errors.
     pub tx_errors: u64,
+    /// Packets dropped while sending.
+    pub tx_dropped: u64,
 }
 
 /// The counters of every interface in the network namespace pinned at `netns`. Blocking: spawns a thread
@@ -60,9 +68,13 @@ pub fn parse_net_dev(text: &str) -> Vec<InterfaceCounters> {
             Some(InterfaceCounters {
                 name: name.trim().to_string(),
                 rx_bytes: cols[0],
+                rx_packets: cols[1],
                 rx_errors: cols[2],
+                rx_dropped: cols[3],
                 tx_bytes: cols[8],
+                tx_packets: cols[9],
                 tx_errors: cols[10],
+                tx_dropped: cols[11],
             })
         })
         .collect()
@@ -76,7 +88,7 @@ mod tests {
 Inter-|   Receive                                                |  Transmit
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
     lo:     140       2    0    0    0     0          0         0      140       2    0    0    0     0       0          0
-  eth0:    5000      40    3    0    0     0          0         0     7000      50    1    0    0     0       0          0
+  eth0:    5000      40    3    4    0     0          0         0     7000      50    1    6    0     0       0          0
 ";
 
     #[test]
@@ -88,9 +100,13 @@ Inter-|   Receive                                                |  Transmit
             InterfaceCounters {
                 name: "eth0".into(),
                 rx_bytes: 5000,
+                rx_packets: 40,
                 rx_errors: 3,
+                rx_dropped: 4,
                 tx_bytes: 7000,
+                tx_packets: 50,
                 tx_errors: 1,
+                tx_dropped: 6,
             }
         );
     }
