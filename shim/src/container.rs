@@ -55,20 +55,20 @@ pub enum Status {
     Stopped,
 }
 
-/// A snapshot of the task for `state`.
+/// A snapshot of the task, or of one of its exec processes, for `state`.
 #[derive(Debug, Clone)]
 pub struct TaskState {
-    /// Init pid (host namespace).
+    /// Pid in the host namespace (0 before an exec started).
     pub pid: u32,
     /// Lifecycle state.
     pub status: Status,
     /// Exit, once stopped.
     pub exit: Option<Exit>,
-    /// CRI log path given at create.
+    /// Stdout path given at create (the CRI log) or exec.
     pub stdout: String,
-    /// Stderr path given at create.
+    /// Stderr path given at create or exec.
     pub stderr: String,
-    /// Stdin path given at create.
+    /// Stdin path given at create or exec.
     pub stdin: String,
 }
 

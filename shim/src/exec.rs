@@ -18,7 +18,7 @@ use std::time::Duration;
 use oci_spec::runtime::Process;
 
 use crate::console::CONSOLE_ENV;
-use crate::container::Status;
+use crate::container::{Status, TaskState};
 use crate::error::{Error, Result};
 use crate::exec_helper;
 use crate::exec_io::{self, ExecIo};
@@ -47,23 +47,6 @@ pub struct ExecOptions {
     pub stderr: String,
     /// The OCI `Process` as JSON.
     pub process_json: Vec<u8>,
-}
-
-/// A snapshot of one exec for `state`.
-#[derive(Debug, Clone)]
-pub struct ExecState {
-    /// Pid once started (0 before).
-    pub pid: u32,
-    /// Created, Running or Stopped.
-    pub status: Status,
-    /// Exit, once stopped.
-    pub exit: Option<Exit>,
-    /// Stdin path given at exec.
-    pub stdin: String,
-    /// Stdout path given at exec.
-    pub stdout: String,
-    /// Stderr path given at exec.
-    pub stderr: String,
 }
 
 struct ExecProc {
@@ -323,7 +306,7 @@ impl Execs {
     }
 
     /// The state of exec `exec_id`.
-    pub fn state(&self, exec_id: &str) -> Result<ExecState> {
+    pub fn state(&self, exec_id: &str) -> Result<TaskState> {
         let procs = self.lock();
         let p = procs.get(exec_id).ok_or_else(|| self.not_found(exec_id))?;
         let exit = p.pid.and_then(|pid| self.reaper.exec_exit(pid));
@@ -332,7 +315,7 @@ impl Execs {
             (Some(_), None) => Status::Running,
             (Some(_), Some(_)) => Status::Stopped,
         };
-        Ok(ExecState {
+        Ok(TaskState {
             pid: p.pid.unwrap_or(0) as u32,
             status,
             exit,

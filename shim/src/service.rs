@@ -62,16 +62,11 @@ impl TaskService {
 }
 
 impl TaskService {
-    /// `state` of an exec process.
-    fn exec_state(&self, req: &StateRequest) -> ttrpc::Result<StateResponse> {
-        let st = finish(
-            "state",
-            self.check(&req.id, "")
-                .and_then(|()| self.execs.state(&req.exec_id)),
-        )?;
+    /// The `state` answer for the task (`exec_id` empty) or one of its execs.
+    fn state_response(&self, exec_id: &str, st: container::TaskState) -> StateResponse {
         let mut resp = StateResponse::new();
         resp.id = self.task.id().to_string();
-        resp.exec_id = req.exec_id.clone();
+        resp.exec_id = exec_id.to_string();
         resp.bundle = self.task.bundle().display().to_string();
         resp.pid = st.pid;
         resp.status = status(st.status).into();
@@ -82,7 +77,7 @@ impl TaskService {
             resp.exit_status = exit.status;
             resp.exited_at = timestamp(exit.at);
         }
-        Ok(resp)
+        resp
     }
 }
 
@@ -180,27 +175,17 @@ impl Task for TaskService {
 
     // Not logged unless it fails: berthd polls state, the log would grow without bound.
     fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
-        if !req.exec_id.is_empty() {
-            return self.exec_state(&req);
-        }
         let st = finish(
             "state",
-            self.check(&req.id, &req.exec_id)
-                .and_then(|()| self.task.state()),
+            self.check(&req.id, "").and_then(|()| {
+                if req.exec_id.is_empty() {
+                    self.task.state()
+                } else {
+                    self.execs.state(&req.exec_id)
+                }
+            }),
         )?;
-        let mut resp = StateResponse::new();
-        resp.id = self.task.id().to_string();
-        resp.bundle = self.task.bundle().display().to_string();
-        resp.pid = st.pid;
-        resp.status = status(st.status).into();
-        resp.stdin = st.stdin;
-        resp.stdout = st.stdout;
-        resp.stderr = st.stderr;
-        if let Some(exit) = st.exit {
-            resp.exit_status = exit.status;
-            resp.exited_at = timestamp(exit.at);
-        }
-        Ok(resp)
+        Ok(self.state_response(&req.exec_id, st))
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
