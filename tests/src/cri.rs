@@ -192,6 +192,18 @@ pub async fn create_container(
     Ok(r.container_id)
 }
 
+/// The state ListPodSandbox reports for pod `id` (`None`: not listed).
+pub async fn listed_pod_state(d: &Berthd, id: &str) -> anyhow::Result<Option<i32>> {
+    let pods = d
+        .rt()
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .context("ListPodSandbox")?
+        .into_inner()
+        .items;
+    Ok(pods.into_iter().find(|p| p.id == id).map(|p| p.state))
+}
+
 /// ContainerStatus.
 pub async fn container_status(d: &Berthd, id: &str) -> anyhow::Result<cri::ContainerStatus> {
     d.rt()

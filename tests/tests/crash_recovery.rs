@@ -92,16 +92,10 @@ async fn containers_survive_a_berthd_crash() -> anyhow::Result<()> {
             .any(|c| c.id == survivor && c.state == RUNNING),
         "{listed:?}"
     );
-    let pods = d
-        .rt()
-        .list_pod_sandbox(k::ListPodSandboxRequest::default())
-        .await?
-        .into_inner()
-        .items;
-    assert!(
-        pods.iter()
-            .any(|p| p.id == pod_id && p.state == k::PodSandboxState::SandboxReady as i32),
-        "pod after restart: {pods:?}"
+    assert_eq!(
+        cri::listed_pod_state(d, &pod_id).await?,
+        Some(k::PodSandboxState::SandboxReady as i32),
+        "pod after restart"
     );
     let orphan_st = cri::wait_exited(d, &orphan)
         .await

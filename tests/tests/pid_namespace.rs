@@ -167,16 +167,10 @@ async fn shared_pid_namespace_survives_a_berthd_crash() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(pid_alive(holder), "the holder died with berthd");
     d.restart().await?;
-    let pods = d
-        .rt()
-        .list_pod_sandbox(k::ListPodSandboxRequest::default())
-        .await?
-        .into_inner()
-        .items;
-    assert!(
-        pods.iter()
-            .any(|p| p.id == pod_id && p.state == k::PodSandboxState::SandboxReady as i32),
-        "pod after restart: {pods:?}"
+    assert_eq!(
+        cri::listed_pod_state(d, &pod_id).await?,
+        Some(k::PodSandboxState::SandboxReady as i32),
+        "pod after restart"
     );
     assert_eq!(holder_of(&pod_id)?, holder, "same holder after restart");
     assert_sees_sleep(&env, &pod_id, &pod, "b", "1012").await?;
@@ -204,16 +198,10 @@ async fn a_pod_whose_holder_died_is_notready_after_restart() -> anyhow::Result<(
     }
     assert!(!pid_alive(holder), "SIGKILL did not end the holder");
     d.restart().await?;
-    let pods = d
-        .rt()
-        .list_pod_sandbox(k::ListPodSandboxRequest::default())
-        .await?
-        .into_inner()
-        .items;
-    assert!(
-        pods.iter()
-            .any(|p| p.id == pod_id && p.state == k::PodSandboxState::SandboxNotready as i32),
-        "a pod without its PID namespace init is NOTREADY: {pods:?}"
+    assert_eq!(
+        cri::listed_pod_state(d, &pod_id).await?,
+        Some(k::PodSandboxState::SandboxNotready as i32),
+        "a pod without its PID namespace init is NOTREADY"
     );
     let created = cri::create_container(
         d,
