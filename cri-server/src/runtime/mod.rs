@@ -331,14 +331,10 @@ impl RuntimeService for RuntimeHandlers {
     ) -> Result<Response<PortForwardResponse>, Status> {
         let mut req = request.into_inner();
         require("pod_sandbox_id", &req.pod_sandbox_id)?;
-        let pod = self.sandboxes.info(&req.pod_sandbox_id).await?;
-        if !pod.ready {
-            return Err(Error::FailedPrecondition(format!(
-                "pod sandbox {}: port-forward: the pod is not ready",
-                pod.id
-            ))
-            .into());
-        }
+        let pod = self
+            .sandboxes
+            .ready_info(&req.pod_sandbox_id, "port-forward")
+            .await?;
         if let Some(bad) = req
             .port
             .iter()

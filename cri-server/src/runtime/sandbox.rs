@@ -537,6 +537,18 @@ impl SandboxManager {
         Ok(sandbox_info(&rec))
     }
 
+    /// What containers of sandbox `id` need, for a request (`what`) that needs the pod ready.
+    pub async fn ready_info(&self, id: &str, what: &str) -> Result<SandboxInfo> {
+        let pod = self.info(id).await?;
+        if !pod.ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {}: {what}: the pod is not ready",
+                pod.id
+            )));
+        }
+        Ok(pod)
+    }
+
     /// NetworkReady condition: (ready, reason message when not).
     pub fn network_status(&self) -> (bool, String) {
         self.network.status()

@@ -47,13 +47,9 @@ impl Backend for RuntimeBackend {
     ) -> BoxFuture<'static, Result<TcpStream, Error>> {
         let sandboxes = self.sandboxes.clone();
         Box::pin(async move {
-            let pod = sandboxes.info(&pod_sandbox_id).await?;
-            if !pod.ready {
-                return Err(Error::FailedPrecondition(format!(
-                    "pod sandbox {}: port-forward: the pod is not ready",
-                    pod.id
-                )));
-            }
+            let pod = sandboxes
+                .ready_info(&pod_sandbox_id, "port-forward")
+                .await?;
             dial_localhost(pod.netns_path.as_deref(), port).await
         })
     }

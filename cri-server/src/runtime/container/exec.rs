@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::exec_io::{exec_process, ExecFifos};
 use super::shim_client::ShimClient;
-use super::{ContainerManager, ContainerRecord, State};
+use super::{connect, ContainerManager, ContainerRecord, State};
 use crate::error::Error;
 
 /// Most bytes of stdout (and, separately, of stderr) kept; like containerd's cap.
@@ -66,14 +66,8 @@ impl ContainerManager {
         cmd: Vec<String>,
         timeout_secs: i64,
     ) -> Result<ExecSyncResponse> {
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "container {id}: exec: cmd must not be empty"
-            ))
-            .into());
-        }
+        check_cmd(id, &cmd)?;
         let rec = self.running_record(id, "exec")?;
-        let id = rec.id.clone();
         let process = read_exec_process(&rec, &cmd, false, None).await?;
         let exec_id = crate::id::new_id()?;
         let bundle = rec.bundle.clone();
@@ -81,7 +75,7 @@ impl ContainerManager {
         // still runs to its end (or timeout) and is cleaned up.
         let task = tokio::spawn(async move {
             let mut fifos = ExecFifos::create(&bundle, &exec_id, false, false).await?;
-            let shim = match ShimClient::connect(&id, &rec.shim_socket()).await {
+            let shim = match connect(&rec).await {
                 Ok(s) => s,
                 Err(e) => {
                     fifos.remove().await;
@@ -114,6 +108,16 @@ impl ContainerManager {
         }
         Ok(rec)
     }
+}
+
+/// An exec needs a command.
+pub(super) fn check_cmd(id: &str, cmd: &[String]) -> std::result::Result<(), Error> {
+    if cmd.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "container {id}: exec: cmd must not be empty"
+        )));
+    }
+    Ok(())
 }
 
 /// The exec's `Process` JSON from the container's bundle (see [`exec_process`]).
@@ -198,11 +202,9 @@ async fn run(
         match tokio::time::timeout(limit, wait).await {
             Ok(r) => r,
             Err(_) => {
+                // Deleting the exec (the caller does, always) SIGKILLs it.
                 out.abort();
                 err.abort();
-                if let Err(e) = shim.kill_exec(exec_id, libc::SIGKILL as u32).await {
-                    tracing::warn!(exec = %exec_id, %e, "killing timed-out exec");
-                }
                 return Err(ExecSyncError::Timeout {
                     id: shim.id().to_string(),
                     cmd: cmd.to_vec(),

@@ -13,14 +13,13 @@ use std::future::pending;
 use k8s_cri::v1::AttachRequest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
 
 use super::shim_client::ShimClient;
 use super::socket_path::SocketPath;
-use super::stream_exec::check_streams;
-use super::ContainerManager;
+use super::stream_exec::{check_streams, resizes};
+use super::{connect, ContainerManager};
 use crate::error::{Error, Result};
-use crate::streaming::backend::{SessionIo, TermSize};
+use crate::streaming::backend::SessionIo;
 
 /// Read size of frame payloads.
 const READ_BUF: usize = 32 * 1024;
@@ -91,7 +90,7 @@ impl ContainerManager {
         let stdin = stdin.filter(|_| rec.stdin);
         let resize = resize.filter(|_| rec.tty);
         let shim = if resize.is_some() || (stdin.is_some() && rec.stdin_once) {
-            Some(ShimClient::connect(&id, &rec.shim_socket()).await?)
+            Some(connect(&rec).await?)
         } else {
             None
         };
@@ -110,7 +109,7 @@ impl ContainerManager {
         };
         let resizes = async {
             if let (Some(rx), Some(shim)) = (resize, &shim) {
-                resizes(shim, rx).await;
+                resizes(shim, "", rx).await;
             }
             pending::<Result<()>>().await
         };
@@ -173,15 +172,6 @@ async fn feed(mut stdin: Box<dyn AsyncRead + Send + Unpin>, mut wr: impl AsyncWr
         tracing::debug!(%e, "attach stdin ended");
     }
     let _ = wr.shutdown().await;
-}
-
-async fn resizes(shim: &ShimClient, mut rx: mpsc::Receiver<TermSize>) {
-    while let Some(size) = rx.recv().await {
-        let (w, h) = (u32::from(size.width), u32::from(size.height));
-        if let Err(e) = shim.resize_pty("", w, h).await {
-            tracing::debug!(container = %shim.id(), %e, "resizing terminal");
-        }
-    }
 }
 
 /// Relays the shim's frames to the client's writers until the shim closes the connection. A

@@ -7,23 +7,19 @@
 //! dropped because the client went away (then the command is killed, as containerd does) — the
 //! exec is deleted in the shim and its FIFOs removed.
 
-use std::time::Duration;
-
 use k8s_cri::v1::ExecRequest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 
-use super::exec::{delete_exec, read_exec_process, DRAIN_TIMEOUT};
+use super::exec::{check_cmd, delete_exec, read_exec_process, DRAIN_TIMEOUT};
 use super::exec_io::ExecFifos;
 use super::shim_client::ShimClient;
-use super::{ContainerManager, ContainerRecord};
+use super::{connect, ContainerManager, ContainerRecord};
 use crate::error::{Error, Result};
 use crate::streaming::backend::{SessionIo, TermSize};
 
-/// How long a killed exec (the client went away) may take to be reaped before it is deleted.
-const KILL_WAIT: Duration = Duration::from_secs(5);
 /// Read size of the output pumps.
 const READ_BUF: usize = 32 * 1024;
 
@@ -60,20 +56,14 @@ impl ContainerManager {
     /// Validates an Exec request before a streaming URL is handed out; returns the container's
     /// full id.
     pub fn check_exec(&self, req: &ExecRequest) -> Result<String> {
-        let id = &req.container_id;
-        if req.cmd.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "container {id}: exec: cmd must not be empty"
-            )));
-        }
-        check_streams("exec", id, req.tty, req.stdin, req.stdout, req.stderr)?;
-        Ok(self.running_record(id, "exec")?.id)
+        check_exec_request(req)?;
+        Ok(self.running_record(&req.container_id, "exec")?.id)
     }
 
     /// Runs `req.cmd` in the running container wired to `io`; resolves to its exit code once it
     /// exited and its output was delivered. Dropping the future kills the command.
     pub async fn exec_session(&self, req: ExecRequest, io: SessionIo) -> Result<i32> {
-        self.check_exec(&req)?;
+        check_exec_request(&req)?;
         let rec = self.running_record(&req.container_id, "exec")?;
         let SessionIo {
             stdin,
@@ -104,6 +94,13 @@ impl ContainerManager {
     }
 }
 
+/// The request checks that need no container: a command, and valid stream flags.
+fn check_exec_request(req: &ExecRequest) -> Result<()> {
+    let id = &req.container_id;
+    check_cmd(id, &req.cmd)?;
+    check_streams("exec", id, req.tty, req.stdin, req.stdout, req.stderr)
+}
+
 /// The client's side of the session, as the exec uses it.
 struct Streams {
     stdin: Option<Reader>,
@@ -123,7 +120,7 @@ async fn session(
     cancelled: oneshot::Receiver<()>,
 ) -> Result<i32> {
     let mut fifos = ExecFifos::create(&rec.bundle, &exec_id, streams.stdin.is_some(), tty).await?;
-    let shim = match ShimClient::connect(&rec.id, &rec.shim_socket()).await {
+    let shim = match connect(&rec).await {
         Ok(shim) => shim,
         Err(e) => {
             fifos.remove().await;
@@ -137,18 +134,6 @@ async fn session(
     res
 }
 
-/// Aborts the tasks it holds when dropped.
-#[derive(Default)]
-struct Tasks(Vec<JoinHandle<()>>);
-
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
-}
-
 async fn run(
     shim: &ShimClient,
     exec_id: &str,
@@ -159,33 +144,31 @@ async fn run(
 ) -> Result<i32> {
     shim.exec(exec_id, process, fifos.stdio()).await?;
     shim.start_exec(exec_id).await?;
-    let mut side = Tasks::default();
+    // Aborted when dropped.
+    let mut side = JoinSet::new();
     if let Some(size) = streams.first {
         resize(shim, exec_id, size).await;
     }
     if let Some(rx) = streams.resize {
         let (shim, exec_id) = (shim.clone(), exec_id.to_string());
-        side.0.push(tokio::spawn(resizes(shim, exec_id, rx)));
+        side.spawn(async move { resizes(&shim, &exec_id, rx).await });
     }
     if let (Some(tx), Some(rd)) = (fifos.stdin.take(), streams.stdin) {
-        side.0.push(tokio::spawn(feed(rd, tx)));
+        side.spawn(feed(rd, tx));
     }
     // Only now: a FIFO read before the shim opened its write end would report EOF at once.
-    let mut pumps = Tasks::default();
+    let mut pumps = JoinSet::new();
     if let Some(rx) = fifos.stdout.take() {
-        pumps.0.push(tokio::spawn(pump(rx, streams.stdout)));
+        pumps.spawn(pump(rx, streams.stdout));
     }
     if let Some(rx) = fifos.stderr.take() {
-        pumps.0.push(tokio::spawn(pump(rx, streams.stderr)));
+        pumps.spawn(pump(rx, streams.stderr));
     }
     let exit = tokio::select! {
         exit = shim.wait_exec(exec_id) => exit?,
         _ = &mut cancelled => {
+            // Deleting the exec (the caller does, always) SIGKILLs it and waits for it.
             tracing::debug!(container = %shim.id(), exec = %exec_id, "client went away: killing the exec");
-            if let Err(e) = shim.kill_exec(exec_id, libc::SIGKILL as u32).await {
-                tracing::warn!(container = %shim.id(), exec = %exec_id, %e, "killing exec");
-            }
-            let _ = tokio::time::timeout(KILL_WAIT, shim.wait_exec(exec_id)).await;
             return Err(Error::Unavailable(format!(
                 "container {}: exec {exec_id}: the client went away",
                 shim.id()
@@ -195,11 +178,7 @@ async fn run(
     // Stdin and resizes mean nothing any more; the output is delivered up to its EOF (or
     // DRAIN_TIMEOUT: processes the command left behind may hold the FIFOs open).
     drop(side);
-    let drain = async {
-        for pump in pumps.0.iter_mut() {
-            let _ = pump.await;
-        }
-    };
+    let drain = async { while pumps.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
     drop(pumps);
     Ok(i32::try_from(exit.status).unwrap_or(i32::MAX))
@@ -214,9 +193,11 @@ async fn resize(shim: &ShimClient, exec_id: &str, size: TermSize) {
     }
 }
 
-async fn resizes(shim: ShimClient, exec_id: String, mut rx: mpsc::Receiver<TermSize>) {
+/// Applies the client's terminal sizes to exec `exec_id` (empty: the container's own terminal)
+/// until the client stops sending them.
+pub(super) async fn resizes(shim: &ShimClient, exec_id: &str, mut rx: mpsc::Receiver<TermSize>) {
     while let Some(size) = rx.recv().await {
-        resize(&shim, &exec_id, size).await;
+        resize(shim, exec_id, size).await;
     }
 }
 
@@ -291,7 +272,7 @@ mod tests {
             tx.write_all(&[0u8; 1024]).await?;
         }
         drop(tx);
-        tokio::time::timeout(Duration::from_secs(5), task).await??;
+        tokio::time::timeout(std::time::Duration::from_secs(5), task).await??;
         Ok(())
     }
 }
