@@ -79,10 +79,19 @@ pub struct RegistryConfig {
 pub struct RuntimeConfig {
     /// berth-shim binary; empty means next to berthd, then `$PATH`.
     pub shim_path: PathBuf,
-    /// Cgroup driver reported to the kubelet. Only `cgroupfs` is implemented.
-    pub cgroup_driver: String,
+    /// Cgroup driver: how pod cgroup parents are read, and what RuntimeConfig reports to the
+    /// kubelet. Only `cgroupfs` is implemented; any other value is refused at start-up.
+    pub cgroup_driver: CgroupDriver,
     /// Seconds a StopPodSandbox waits for each container before SIGKILL.
     pub sandbox_stop_timeout_secs: u64,
+}
+
+/// The cgroup drivers berth implements.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    /// Cgroup parents are paths in the cgroup filesystem (`/kubepods/burstable/pod…`).
+    Cgroupfs,
 }
 
 /// The Prometheus `/metrics` endpoint (plain HTTP, no auth: keep it on loopback or behind a proxy).
@@ -198,7 +207,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             shim_path: PathBuf::new(),
-            cgroup_driver: "cgroupfs".into(),
+            cgroup_driver: CgroupDriver::Cgroupfs,
             sandbox_stop_timeout_secs: 10,
         }
     }
@@ -293,6 +302,15 @@ mod tests {
         assert_eq!(cfg.streaming.tls_key_file, PathBuf::from("/k.pem"));
         assert_eq!(cfg.streaming.stream_idle_timeout_secs, 60);
         assert!(toml::from_str::<Config>("[streaming]\nport = 1\n").is_err());
+    }
+
+    #[test]
+    fn unimplemented_cgroup_driver_is_rejected() {
+        let err = toml::from_str::<Config>("[runtime]\ncgroup_driver = \"systemd\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("systemd") && err.contains("cgroupfs"), "{err}");
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct RuntimeHandlers {
     /// Lifecycle events for GetContainerEvents subscribers.
     events: Arc<EventBus>,
     sandbox_stop_timeout_secs: i64,
+    /// What RuntimeConfig reports.
+    cgroup_driver: crate::config::CgroupDriver,
     /// The effective configuration, as JSON, for `crictl info`.
     config_json: String,
     /// Serves the exec, attach and port-forward URLs the RPCs hand out.
@@ -62,14 +64,10 @@ impl RuntimeHandlers {
             containers,
             events,
             sandbox_stop_timeout_secs,
+            cgroup_driver: config.runtime.cgroup_driver,
             config_json,
             streaming,
         })
-    }
-
-    /// The broadcaster of container events (its drop counter is also [`events::dropped_total`]).
-    pub fn events(&self) -> Arc<EventBus> {
-        self.events.clone()
     }
 
     /// Stops the sandbox itself (its containers are stopped already) and sends its STOPPED event once.
@@ -488,9 +486,12 @@ impl RuntimeService for RuntimeHandlers {
         request: Request<RuntimeConfigRequest>,
     ) -> Result<Response<RuntimeConfigResponse>, Status> {
         let _ = request;
+        let cgroup_driver = match self.cgroup_driver {
+            crate::config::CgroupDriver::Cgroupfs => CgroupDriver::Cgroupfs,
+        };
         Ok(Response::new(RuntimeConfigResponse {
             linux: Some(LinuxRuntimeConfiguration {
-                cgroup_driver: CgroupDriver::Cgroupfs as i32,
+                cgroup_driver: cgroup_driver as i32,
             }),
         }))
     }
