@@ -87,12 +87,6 @@ impl StateSource {
             }
             Err(status) => failures.push(format!("listing containers: {}", status.message())),
         }
-        // The event bus counts its drops itself; mirror the process-wide total into the counter.
-        let dropped = crate::runtime::events::dropped_total();
-        let seen = m.events_dropped.get();
-        if dropped > seen {
-            m.events_dropped.inc_by(dropped - seen);
-        }
         let images = self.images.clone();
         let bundles = self.bundles.clone();
         let disk = tokio::task::spawn_blocking(move || {

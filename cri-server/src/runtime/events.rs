@@ -2,7 +2,7 @@
 //! subscribers (the kubelet's evented PLEG).
 //!
 //! Every subscriber has its own bounded buffer. Publishing never waits: an event that does not fit in a
-//! subscriber's buffer is dropped for that subscriber and counted (see [`dropped_total`]), so a slow or
+//! subscriber's buffer is dropped for that subscriber and counted (in `berth_events_dropped_total`), so a slow or
 //! stuck subscriber costs berthd nothing but its buffer. A subscriber whose stream was dropped (the client
 //! went away) is removed at the next publish. Events are delivered to every subscriber in the order they
 //! were published.
@@ -19,14 +19,6 @@ pub const SUBSCRIBER_BUFFER: usize = 1024;
 
 /// At most one "events dropped" warning per this interval.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Events dropped by every [`EventBus`] of this process since it started.
-static DROPPED_TOTAL: AtomicU64 = AtomicU64::new(0);
-
-/// Events dropped for slow subscribers since berthd started, over all buses (for metrics).
-pub fn dropped_total() -> u64 {
-    DROPPED_TOTAL.load(Ordering::Relaxed)
-}
 
 /// Builds one event stamped with the current time.
 pub fn event(
@@ -117,7 +109,7 @@ impl EventBus {
 
     fn count_dropped(&self, n: u64, event: &ContainerEventResponse) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
-        DROPPED_TOTAL.fetch_add(n, Ordering::Relaxed);
+        crate::metrics::global().events_dropped.inc_by(n);
         let mut warn = lock(&self.warn);
         warn.unreported += n;
         let due = warn.last.is_none_or(|t| t.elapsed() >= WARN_INTERVAL);
@@ -191,13 +183,13 @@ mod tests {
         let bus = EventBus::new(4);
         let mut slow = bus.subscribe();
         let mut fast = bus.subscribe();
-        let before = dropped_total();
+        let before = crate::metrics::global().events_dropped.get();
         for i in 0..10 {
             bus.publish(ev(&i.to_string()));
             assert_eq!(fast.try_recv().unwrap().container_id, i.to_string());
         }
         assert_eq!(bus.dropped(), 6);
-        assert!(dropped_total() >= before + 6);
+        assert!(crate::metrics::global().events_dropped.get() >= before + 6);
         // The slow one kept the oldest four, in order.
         let kept: Vec<String> = std::iter::from_fn(|| slow.try_recv().ok())
             .map(|e| e.container_id)

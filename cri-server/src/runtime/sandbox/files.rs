@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
 
 use crate::error::{Error, Result};
 
@@ -88,18 +88,7 @@ pub fn mount_shm(path: &Path) -> Result<()> {
 
 /// Unmounts the pod's /dev/shm (also every mount stacked on it) and deletes the directory; idempotent.
 pub fn unmount_shm(path: &Path) -> Result<()> {
-    loop {
-        match umount2(path, MntFlags::MNT_DETACH) {
-            Ok(()) => continue,
-            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break,
-            Err(e) => {
-                return Err(Error::io(
-                    format!("unmounting {}", path.display()),
-                    e.into(),
-                ))
-            }
-        }
-    }
+    snapshotter::unmount(path)?;
     match std::fs::remove_dir(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

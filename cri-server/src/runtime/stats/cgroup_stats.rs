@@ -327,19 +327,9 @@ pub fn parse_keyed(text: &str) -> HashMap<String, u64> {
 
 /// Processes in the cgroup and every cgroup below it (`cgroup.procs`), for hosts without a pids controller.
 fn count_procs(dir: &Path) -> u64 {
-    let here = std::fs::read_to_string(dir.join("cgroup.procs"))
-        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count() as u64)
-        .unwrap_or(0);
-    let below: u64 = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| count_procs(&e.path()))
-                .sum()
-        })
-        .unwrap_or(0);
-    here + below
+    let mut pids = Vec::new();
+    super::tasks::cgroup_pids(dir, &mut pids);
+    pids.len() as u64
 }
 
 #[cfg(test)]

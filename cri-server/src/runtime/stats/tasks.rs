@@ -57,7 +57,7 @@ fn count(dir: &Path, proc_root: &Path) -> TaskCounts {
 }
 
 /// The pids in `cgroup.procs` of `dir` and of every cgroup below it.
-fn cgroup_pids(dir: &Path, out: &mut Vec<u32>) {
+pub(super) fn cgroup_pids(dir: &Path, out: &mut Vec<u32>) {
     if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
         out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
     }
