@@ -63,6 +63,8 @@ pub struct Footprint {
     pub processes: Vec<String>,
     /// Entries of `<state>/sandboxes` and `<state>/containers`.
     pub state_dirs: Vec<String>,
+    /// Keyed (writable) snapshots: entries of `<root>/snapshots/keys`.
+    pub snapshots: Vec<String>,
     /// host-local IPAM reservations of the test network.
     pub ipam: Vec<String>,
     /// Interfaces attached to the test bridge.
@@ -77,6 +79,7 @@ impl Footprint {
             ("cgroup", &self.cgroups),
             ("process", &self.processes),
             ("state", &self.state_dirs),
+            ("snapshot", &self.snapshots),
             ("ipam", &self.ipam),
             ("veth", &self.veths),
         ];
@@ -93,6 +96,7 @@ impl Footprint {
             ("cgroups", &self.cgroups),
             ("processes", &self.processes),
             ("state_dirs", &self.state_dirs),
+            ("snapshots", &self.snapshots),
             ("ipam", &self.ipam),
             ("veths", &self.veths),
         ];
@@ -142,6 +146,11 @@ pub fn footprint(d: &Berthd) -> Footprint {
                 .map(|e| format!("{}/{e}", dir.display())),
         );
     }
+    let keys = d.root().join("snapshots").join("keys");
+    f.snapshots = entries(&keys)
+        .into_iter()
+        .map(|k| format!("{}/{k}", keys.display()))
+        .collect();
     let ipam = d
         .root()
         .join("cni")

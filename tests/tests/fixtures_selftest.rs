@@ -169,6 +169,8 @@ async fn bare_daemon_starts_answers_version_and_leaks_nothing() -> anyhow::Resul
     // The leak checker sees planted leaks of every kind it knows how to clean up here.
     let fake_state = d.state().join("sandboxes").join("fake");
     std::fs::create_dir_all(&fake_state)?;
+    let fake_key = d.root().join("snapshots").join("keys").join("fake");
+    std::os::unix::fs::symlink("1", &fake_key)?;
     let fake_mount = d.root().join("leak-mnt");
     std::fs::create_dir_all(&fake_mount)?;
     nix::mount::mount(
@@ -202,14 +204,16 @@ async fn bare_daemon_starts_answers_version_and_leaks_nothing() -> anyhow::Resul
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         f = leaks::footprint(&d);
     }
-    let (mounts, state, procs, cgroups) = (
+    let (mounts, state, snapshots, procs, cgroups) = (
         f.mounts.len(),
         f.state_dirs.len(),
+        f.snapshots.len(),
         f.processes.len(),
         f.cgroups.len(),
     );
     nix::mount::umount(&fake_mount)?;
     std::fs::remove_dir(&fake_state)?;
+    std::fs::remove_file(&fake_key)?;
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     if cg_made {
@@ -217,8 +221,8 @@ async fn bare_daemon_starts_answers_version_and_leaks_nothing() -> anyhow::Resul
         let _ = std::fs::remove_dir(&cg_parent);
     }
     assert_eq!(
-        (mounts, state, procs),
-        (1, 1, 1),
+        (mounts, state, snapshots, procs),
+        (1, 1, 1, 1),
         "planted leaks not all found: {f:?}"
     );
     assert!(!cg_made || cgroups == 1, "planted cgroup not found: {f:?}");
