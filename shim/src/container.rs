@@ -72,12 +72,12 @@ pub struct TaskState {
     pub stdin: String,
 }
 
-/// What `delete` reports.
+/// What `delete` of the task or of an exec reports.
 #[derive(Debug, Clone, Copy)]
 pub struct Deleted {
-    /// Init pid (0 when never created).
+    /// Pid (0 when never created or started).
     pub pid: u32,
-    /// Exit, when the init was reaped.
+    /// Exit, when the process was reaped.
     pub exit: Option<Exit>,
 }
 

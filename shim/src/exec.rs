@@ -18,7 +18,7 @@ use std::time::Duration;
 use oci_spec::runtime::Process;
 
 use crate::console::CONSOLE_ENV;
-use crate::container::{Status, TaskState};
+use crate::container::{Deleted, Status, TaskState};
 use crate::error::{Error, Result};
 use crate::exec_helper;
 use crate::exec_io::{self, ExecIo};
@@ -272,7 +272,7 @@ impl Execs {
     }
 
     /// Forgets exec `exec_id`, SIGKILLing it first if it still runs. Returns its pid and exit.
-    pub fn delete(&self, exec_id: &str) -> Result<(u32, Option<Exit>)> {
+    pub fn delete(&self, exec_id: &str) -> Result<Deleted> {
         let pid = {
             let procs = self.lock();
             procs
@@ -302,7 +302,10 @@ impl Execs {
                 io.stop();
             }
         }
-        Ok((pid.unwrap_or(0) as u32, exit))
+        Ok(Deleted {
+            pid: pid.unwrap_or(0) as u32,
+            exit,
+        })
     }
 
     /// The state of exec `exec_id`.
@@ -390,7 +393,9 @@ mod tests {
         Ok(Execs::new(
             "c1".into(),
             PathBuf::from("/nonexistent"),
-            Reaper::start()?,
+            // No reaper thread: these tests start no process, and a second thread reaping with
+            // waitpid(-1) would steal the children of the reaper's own tests.
+            Arc::new(Reaper::default()),
         ))
     }
 
@@ -455,7 +460,7 @@ mod tests {
             Err(Error::FailedPrecondition { .. })
         ));
         assert!(matches!(e.state("nope"), Err(Error::NotFound { .. })));
-        assert_eq!(e.delete("e1")?.0, 0);
+        assert_eq!(e.delete("e1")?.pid, 0);
         assert!(matches!(e.state("e1"), Err(Error::NotFound { .. })));
         Ok(())
     }

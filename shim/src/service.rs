@@ -43,18 +43,12 @@ impl TaskService {
         }
     }
 
-    /// Checks the request targets this shim's container (and not an exec process).
-    fn check(&self, id: &str, exec_id: &str) -> Result<()> {
+    /// Checks the request targets this shim's container.
+    fn check(&self, id: &str) -> Result<()> {
         if !id.is_empty() && id != self.task.id() {
             return Err(Error::NotFound {
                 id: id.to_string(),
                 what: format!("task (this shim serves {})", self.task.id()),
-            });
-        }
-        if !exec_id.is_empty() {
-            return Err(Error::NotFound {
-                id: self.task.id().to_string(),
-                what: format!("exec process {exec_id}"),
             });
         }
         Ok(())
@@ -123,7 +117,7 @@ impl Task for TaskService {
             req.stdin,
             req.terminal
         );
-        let res = self.check(&req.id, "").and_then(|()| {
+        let res = self.check(&req.id).and_then(|()| {
             if !req.bundle.is_empty() && std::path::Path::new(&req.bundle) != self.task.bundle() {
                 crate::info!(
                     "create: bundle {} differs from the shim's; using the shim's",
@@ -159,7 +153,7 @@ impl Task for TaskService {
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
         crate::info!("start id={} exec_id={}", req.id, req.exec_id);
-        let res = self.check(&req.id, "").and_then(|()| {
+        let res = self.check(&req.id).and_then(|()| {
             if req.exec_id.is_empty() {
                 self.task.start()
             } else {
@@ -177,7 +171,7 @@ impl Task for TaskService {
     fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
         let st = finish(
             "state",
-            self.check(&req.id, "").and_then(|()| {
+            self.check(&req.id).and_then(|()| {
                 if req.exec_id.is_empty() {
                     self.task.state()
                 } else {
@@ -192,7 +186,7 @@ impl Task for TaskService {
         crate::info!("wait id={} exec_id={}", req.id, req.exec_id);
         let exit = finish(
             "wait",
-            self.check(&req.id, "").and_then(|()| {
+            self.check(&req.id).and_then(|()| {
                 if req.exec_id.is_empty() {
                     self.task.wait()
                 } else {
@@ -216,7 +210,7 @@ impl Task for TaskService {
         );
         finish(
             "kill",
-            self.check(&req.id, "").and_then(|()| {
+            self.check(&req.id).and_then(|()| {
                 if req.exec_id.is_empty() {
                     self.task.kill(req.signal, req.all)
                 } else {
@@ -229,24 +223,15 @@ impl Task for TaskService {
 
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
         crate::info!("delete id={} exec_id={}", req.id, req.exec_id);
-        if !req.exec_id.is_empty() {
-            let (pid, exit) = finish(
-                "delete",
-                self.check(&req.id, "")
-                    .and_then(|()| self.execs.delete(&req.exec_id)),
-            )?;
-            let mut resp = DeleteResponse::new();
-            resp.pid = pid;
-            if let Some(exit) = exit {
-                resp.exit_status = exit.status;
-                resp.exited_at = timestamp(exit.at);
-            }
-            return Ok(resp);
-        }
         let d = finish(
             "delete",
-            self.check(&req.id, &req.exec_id)
-                .and_then(|()| self.task.delete()),
+            self.check(&req.id).and_then(|()| {
+                if req.exec_id.is_empty() {
+                    self.task.delete()
+                } else {
+                    self.execs.delete(&req.exec_id)
+                }
+            }),
         )?;
         let mut resp = DeleteResponse::new();
         resp.pid = d.pid;
@@ -259,10 +244,7 @@ impl Task for TaskService {
 
     fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
         crate::info!("pids id={}", req.id);
-        let pids = finish(
-            "pids",
-            self.check(&req.id, "").and_then(|()| self.task.pids()),
-        )?;
+        let pids = finish("pids", self.check(&req.id).and_then(|()| self.task.pids()))?;
         let mut resp = PidsResponse::new();
         resp.processes = pids
             .into_iter()
@@ -278,7 +260,7 @@ impl Task for TaskService {
     fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
         crate::info!("update id={}", req.id);
         let res = self
-            .check(&req.id, "")
+            .check(&req.id)
             .and_then(|()| match req.resources.as_ref() {
                 Some(any) => self.task.update(&any.value),
                 None => Err(Error::InvalidArgument {
@@ -292,7 +274,7 @@ impl Task for TaskService {
 
     fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
         crate::info!("connect id={}", req.id);
-        finish("connect", self.check(&req.id, ""))?;
+        finish("connect", self.check(&req.id))?;
         let mut resp = ConnectResponse::new();
         resp.shim_pid = std::process::id();
         resp.task_pid = self.task.pid();
@@ -301,7 +283,7 @@ impl Task for TaskService {
 
     fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> ttrpc::Result<Empty> {
         crate::info!("shutdown id={} now={}", req.id, req.now);
-        finish("shutdown", self.check(&req.id, ""))?;
+        finish("shutdown", self.check(&req.id))?;
         if self.task.is_live() && !req.now {
             // Like containerd's shims: a shim with a live container stays up.
             crate::info!(
@@ -330,7 +312,7 @@ impl Task for TaskService {
             req.stdout,
             req.stderr
         );
-        let res = self.check(&req.id, "").and_then(|()| {
+        let res = self.check(&req.id).and_then(|()| {
             let Some(spec) = req.spec.as_ref() else {
                 return Err(Error::InvalidArgument {
                     id: self.task.id().to_string(),
@@ -360,7 +342,7 @@ impl Task for TaskService {
         );
         finish(
             "resize_pty",
-            self.check(&req.id, "").and_then(|()| {
+            self.check(&req.id).and_then(|()| {
                 if req.exec_id.is_empty() {
                     self.task.resize_pty(req.width, req.height)
                 } else {
@@ -380,7 +362,7 @@ impl Task for TaskService {
         );
         finish(
             "close_io",
-            self.check(&req.id, "").and_then(|()| {
+            self.check(&req.id).and_then(|()| {
                 if !req.stdin {
                     Ok(())
                 } else if req.exec_id.is_empty() {
