@@ -318,7 +318,7 @@ impl RawPeer {
         let head = FrameHead::parse(&head);
         let mut payload = vec![0u8; head.length()];
         self.io.read_exact(&mut payload).await.unwrap();
-        Some(Frame::decode(head, &payload, &mut self.dec).unwrap())
+        Some(Frame::decode(head, payload, &mut self.dec).unwrap())
     }
 }
 

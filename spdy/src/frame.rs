@@ -230,9 +230,14 @@ fn nonzero(stream_id: u32, what: &str) -> Result<u32> {
 }
 
 impl Frame {
-    /// Decodes a frame from its head and exactly `head.length()` payload bytes. Header blocks
-    /// are inflated on `dec`, which must see every header-bearing frame of the direction in order.
-    pub fn decode(head: FrameHead, payload: &[u8], dec: &mut HeaderDecompressor) -> Result<Frame> {
+    /// Decodes a frame from its head and exactly `head.length()` payload bytes (a DATA frame
+    /// keeps the buffer as its data). Header blocks are inflated on `dec`, which must see every
+    /// header-bearing frame of the direction in order.
+    pub fn decode(
+        head: FrameHead,
+        payload: Vec<u8>,
+        dec: &mut HeaderDecompressor,
+    ) -> Result<Frame> {
         if payload.len() != head.length() {
             return Err(Error::Protocol("frame payload length mismatch".into()));
         }
@@ -243,7 +248,7 @@ impl Frame {
                 return Ok(Frame::Data {
                     stream_id: nonzero(stream_id, "DATA")?,
                     fin: flags & FLAG_FIN != 0,
-                    data: payload.to_vec(),
+                    data: payload,
                 })
             }
             FrameHead::Control {
@@ -256,6 +261,7 @@ impl Frame {
         if version != VERSION {
             return Err(Error::UnsupportedVersion(version));
         }
+        let payload = payload.as_slice();
         let id31 = |at| be32(payload, at).map(|w| w & 0x7fff_ffff);
         Ok(match frame_type {
             TYPE_SYN_STREAM => {
@@ -468,7 +474,7 @@ pub fn decode_all(buf: &[u8], dec: &mut HeaderDecompressor) -> Result<(Vec<Frame
         let Some(payload) = buf.get(pos + HEAD_LEN..pos + HEAD_LEN + head.length()) else {
             break;
         };
-        frames.push(Frame::decode(head, payload, dec)?);
+        frames.push(Frame::decode(head, payload.to_vec(), dec)?);
         pos += HEAD_LEN + head.length();
     }
     Ok((frames, pos))

@@ -30,7 +30,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
     let head = FrameHead::parse(&head);
     let mut payload = vec![0u8; head.length()];
     r.read_exact(&mut payload).await?;
-    Frame::decode(head, &payload, dec).map(Some)
+    Frame::decode(head, payload, dec).map(Some)
 }
 
 pub(crate) async fn reader_task<R: AsyncRead + Unpin>(shared: Arc<Shared>, r: R) {
