@@ -1,19 +1,17 @@
 //! Port-forward dialing: a TCP connection to `localhost:PORT` as the pod sees it.
 //!
 //! A socket belongs to the network namespace of the thread that created it, for its whole life.
-//! So a short-lived dedicated thread joins the pod's namespace (setns changes only the calling
-//! thread, and pool threads are reused: never a tokio worker or `spawn_blocking`), creates and
-//! connects the socket, and hands it back; the async side wraps it in a tokio `TcpStream`.
+//! So the socket is created and connected on a thread inside the pod's namespace (see
+//! [`crate::network::netns`]) and handed back; the async side wraps it in a tokio `TcpStream`.
 
-use std::fs::File;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use nix::sched::{setns, CloneFlags};
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
+use crate::network::netns::{spawn_in, thread_died};
 
 /// How long connecting to the pod's port may take.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,22 +48,9 @@ async fn dial_host(port: u16) -> Result<TcpStream> {
 
 async fn dial_in_netns(netns: &Path, port: u16) -> Result<TcpStream> {
     let what = format!("localhost:{port} in network namespace {}", netns.display());
-    let ns = File::open(netns)
-        .map_err(|e| Error::io(format!("dialing {what}: opening the namespace"), e))?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("netns-dial".into())
-        .spawn(move || {
-            // The thread exits right after connecting, so its namespace change dies with it.
-            let res = setns(&ns, CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)
-                .and_then(|()| connect_blocking(port));
-            let _ = tx.send(res);
-        })
-        .map_err(|e| Error::io(format!("dialing {what}: spawning a thread"), e))?;
-    let stream = rx
+    let stream = spawn_in(netns, "netns-dial", move || connect_blocking(port))?
         .await
-        .map_err(|_| Error::Internal(format!("dialing {what}: the dialing thread died")))?
+        .map_err(|_| thread_died(netns))?
         .map_err(|e| dial_error(&what, Some(e)))?;
     stream
         .set_nonblocking(true)
@@ -135,7 +120,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = std::thread::spawn(move || {
             let setup = || -> anyhow::Result<(std::path::PathBuf, std::net::TcpListener)> {
-                nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
                 // A child forked by this thread starts in its network namespace.
                 let up = std::process::Command::new("ip")
                     .args(["link", "set", "lo", "up"])

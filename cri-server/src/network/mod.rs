@@ -7,6 +7,7 @@
 pub mod config;
 pub mod dial;
 pub mod invoke;
+pub mod netns;
 pub mod result;
 
 use std::net::IpAddr;

@@ -1,12 +1,10 @@
-//! Network counters of a pod: `/proc/thread-self/net/dev` read by a short-lived thread that joined the
-//! pod's network namespace (setns changes only the calling thread, so never a tokio worker's).
+//! Network counters of a pod: `/proc/thread-self/net/dev` read inside the pod's network
+//! namespace (by a thread of its own, see [`crate::network::netns`]).
 
-use std::fs::File;
 use std::path::Path;
 
-use nix::sched::{setns, CloneFlags};
-
 use crate::error::{Error, Result};
+use crate::network::netns::{spawn_in, thread_died};
 
 /// One interface's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,21 +32,21 @@ pub struct InterfaceCounters {
 /// The counters of every interface in the network namespace pinned at `netns`. Blocking: spawns a thread
 /// and joins it.
 pub fn read_netns(netns: &Path) -> Result<Vec<InterfaceCounters>> {
-    let what = format!("network namespace {}", netns.display());
-    let ns = File::open(netns).map_err(|e| Error::io(format!("opening {what}"), e))?;
-    let handle = std::thread::Builder::new()
-        .name("netns-stats".into())
-        .spawn(move || -> std::result::Result<String, String> {
-            // The thread exits right after reading, so its namespace change dies with it.
-            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
-            std::fs::read_to_string("/proc/thread-self/net/dev")
-                .map_err(|e| format!("reading /proc/thread-self/net/dev: {e}"))
-        })
-        .map_err(|e| Error::io(format!("spawning a thread for {what}"), e))?;
-    let text = handle
-        .join()
-        .map_err(|_| Error::Internal(format!("{what}: reader thread panicked")))?
-        .map_err(|e| Error::Internal(format!("{what}: {e}")))?;
+    let rx = spawn_in(netns, "netns-stats", || {
+        std::fs::read_to_string("/proc/thread-self/net/dev")
+    })?;
+    let text = rx
+        .blocking_recv()
+        .map_err(|_| thread_died(netns))?
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "network namespace {}: reading /proc/thread-self/net/dev",
+                    netns.display()
+                ),
+                e,
+            )
+        })?;
     Ok(parse_net_dev(&text))
 }
 
