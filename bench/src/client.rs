@@ -3,11 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
+use berth_tests::daemon;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 
@@ -23,13 +22,8 @@ pub struct Cri {
 /// Connects to the CRI socket at `socket` (a path; a leading `unix://` is accepted).
 pub async fn connect(socket: &Path) -> Result<Cri> {
     let path = strip_scheme(socket);
-    let p = path.clone();
-    let channel = Endpoint::from_static("http://[::]:50051")
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let p = p.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
-        }))
+    let endpoint = daemon::unix_endpoint().connect_timeout(Duration::from_secs(5));
+    let channel = daemon::connect_with(endpoint, &path)
         .await
         .map_err(|source| Error::Connect {
             endpoint: path,

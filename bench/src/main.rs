@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", report::compare(&load(&berth)?, &load(&containerd)?));
         }
         Cmd::Cleanup { endpoint } => {
-            let mut cri = client::connect(&client::strip_scheme(&endpoint)).await?;
+            let mut cri = client::connect(&endpoint).await?;
             let n = workload::remove_labelled(&mut cri, None).await?;
             println!("removed {n} pods");
         }

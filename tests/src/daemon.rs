@@ -462,20 +462,36 @@ impl Drop for Berthd {
 
 /// Connects a tonic channel to a unix socket.
 pub async fn connect(socket: &Path) -> anyhow::Result<Channel> {
-    let socket = socket.to_path_buf();
+    connect_with(
+        unix_endpoint().connect_timeout(Duration::from_secs(5)),
+        socket,
+    )
+    .await
+    .context("connecting to berthd socket")
+}
+
+/// The endpoint to configure (timeouts, windows) before [`connect_with`]; its URI is not used.
+pub fn unix_endpoint() -> Endpoint {
     Endpoint::from_static("http://[::]:50051")
-        .connect_timeout(Duration::from_secs(5))
+}
+
+/// Connects `endpoint`'s settings to the unix socket `socket` (a CRI endpoint).
+pub async fn connect_with(
+    endpoint: Endpoint,
+    socket: &Path,
+) -> Result<Channel, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    endpoint
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let socket = socket.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
         }))
         .await
-        .context("connecting to berthd socket")
 }
 
 fn lazy_channel(socket: &Path) -> Channel {
     let socket = socket.to_path_buf();
-    Endpoint::from_static("http://[::]:50051").connect_with_connector_lazy(tower::service_fn(
+    unix_endpoint().connect_with_connector_lazy(tower::service_fn(
         move |_: tonic::transport::Uri| {
             let socket = socket.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }

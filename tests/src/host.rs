@@ -4,6 +4,14 @@
 use std::path::Path;
 use std::time::Duration;
 
+/// Whether process `pid` exists and is not a zombie.
+pub fn pid_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+            .unwrap_or(true)
+}
+
 /// Pids of processes whose command line contains `needle`.
 pub fn pids_mentioning(needle: &str) -> Vec<i32> {
     let me = std::process::id() as i32;

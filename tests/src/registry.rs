@@ -67,6 +67,13 @@ impl Registry {
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).context("writing registry config")?;
+        // Everything that can fail comes before the spawn: once running, the child is owned by
+        // the returned value, which kills it on drop.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .context("http client")?;
         let log = std::fs::File::create(dir.path().join("registry.log")).context("registry log")?;
         let child = Command::new(REGISTRY_BIN)
             .arg("serve")
@@ -76,11 +83,6 @@ impl Registry {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {REGISTRY_BIN}"))?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .build()
-            .context("http client")?;
         let reg = Self {
             child,
             port,

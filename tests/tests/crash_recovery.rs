@@ -6,18 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use berth_tests::cri::{self, EXITED, RUNNING};
-use berth_tests::host::pids_mentioning;
+use berth_tests::host::{pid_alive, pids_mentioning};
 use berth_tests::{leaks, require_root, TestEnv};
 use k8s_cri::v1 as k;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-fn pid_alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.contains(") Z "))
-            .unwrap_or(true)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn containers_survive_a_berthd_crash() -> anyhow::Result<()> {

@@ -192,18 +192,10 @@ async fn pod_and_container_events_reach_every_subscriber_in_order() -> anyhow::R
 async fn small_window_client(
     socket: &std::path::Path,
 ) -> anyhow::Result<RuntimeServiceClient<tonic::transport::Channel>> {
-    let socket = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://[::]:50051")
+    let endpoint = berth_tests::daemon::unix_endpoint()
         .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
+        .initial_connection_window_size(65_535);
+    let channel = berth_tests::daemon::connect_with(endpoint, socket)
         .await
         .context("connecting to berthd socket")?;
     Ok(RuntimeServiceClient::new(channel))

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use berth_tests::cri::{self, RUNNING};
-use berth_tests::host::pids_mentioning;
+use berth_tests::host::{pid_alive, pids_mentioning};
 use berth_tests::{leaks, require_root, TestEnv};
 use k8s_cri::v1 as k;
 use nix::sys::signal::{kill, Signal};
@@ -14,13 +14,6 @@ use nix::unistd::Pid;
 /// Lists pid 1's command line, then every process's, one per line (NUL separators as spaces).
 const LIST_PROCESSES: &str = "echo \"init: $(tr '\\0' ' ' < /proc/1/cmdline)\"; \
      for p in /proc/[0-9]*; do echo \"proc: $(tr '\\0' ' ' < $p/cmdline)\"; done";
-
-fn pid_alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
-            .unwrap_or(true)
-}
 
 fn share_pid(ns: &mut Option<k::NamespaceOption>) {
     ns.get_or_insert_with(Default::default).pid = k::NamespaceMode::Pod as i32;
