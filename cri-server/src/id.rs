@@ -13,6 +13,37 @@ pub fn new_id() -> Result<String> {
     Ok(hex::encode(bytes))
 }
 
+/// Resolves a full id or unique prefix among `ids` of `kind` objects ("container", "pod
+/// sandbox"): NotFound when none matches, InvalidArgument when empty or ambiguous.
+pub fn resolve_prefix<'a>(
+    kind: &str,
+    ids: impl Iterator<Item = &'a String>,
+    prefix: &str,
+) -> Result<String> {
+    if prefix.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{kind} id must not be empty"
+        )));
+    }
+    let mut found: Option<&String> = None;
+    for id in ids {
+        if id == prefix {
+            return Ok(id.clone());
+        }
+        if id.starts_with(prefix) {
+            if found.is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "{kind} id prefix {prefix:?} is ambiguous"
+                )));
+            }
+            found = Some(id);
+        }
+    }
+    found
+        .cloned()
+        .ok_or_else(|| Error::NotFound(format!("{kind} {prefix:?} not found")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -26,5 +57,27 @@ mod tests {
             .chars()
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn prefixes() {
+        let ids = ["abc1".to_string(), "abc2".to_string(), "def".to_string()];
+        assert_eq!(resolve_prefix("container", ids.iter(), "d").unwrap(), "def");
+        assert_eq!(
+            resolve_prefix("container", ids.iter(), "abc1").unwrap(),
+            "abc1"
+        );
+        assert!(matches!(
+            resolve_prefix("container", ids.iter(), "abc"),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            resolve_prefix("container", ids.iter(), "x"),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            resolve_prefix("container", ids.iter(), ""),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

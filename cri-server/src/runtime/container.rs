@@ -229,7 +229,7 @@ impl ContainerManager {
     /// Full id for an id or unique prefix.
     fn resolve(&self, id_or_prefix: &str) -> Result<(String, Arc<Entry>)> {
         let index = lock(&self.shared.index);
-        let id = filter::resolve_prefix(index.entries.keys(), id_or_prefix)?;
+        let id = crate::id::resolve_prefix("container", index.entries.keys(), id_or_prefix)?;
         let entry = index
             .entries
             .get(&id)

@@ -500,24 +500,7 @@ impl SandboxManager {
     /// Resolves a full id or a unique prefix to the full id (NotFound / InvalidArgument when ambiguous).
     pub async fn resolve_id(&self, id_or_prefix: &str) -> Result<String> {
         let index = self.index();
-        if index.sandboxes.contains_key(id_or_prefix) {
-            return Ok(id_or_prefix.to_owned());
-        }
-        let not_found = || Error::NotFound(format!("pod sandbox {id_or_prefix:?} not found"));
-        if id_or_prefix.is_empty() {
-            return Err(not_found());
-        }
-        let mut matches = index
-            .sandboxes
-            .keys()
-            .filter(|id| id.starts_with(id_or_prefix));
-        match (matches.next(), matches.next()) {
-            (Some(id), None) => Ok(id.clone()),
-            (None, _) => Err(not_found()),
-            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
-                "pod sandbox id prefix {id_or_prefix:?} is ambiguous"
-            ))),
-        }
+        crate::id::resolve_prefix("pod sandbox", index.sandboxes.keys(), id_or_prefix)
     }
 
     async fn locked_record(&self, id: &str) -> Result<SandboxRecord> {

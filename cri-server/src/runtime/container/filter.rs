@@ -27,32 +27,6 @@ pub fn matches(record: &ContainerRecord, filter: &ContainerFilter) -> bool {
         .all(|(k, v)| record.labels.get(k) == Some(v))
 }
 
-/// Resolves a full id or unique prefix among `ids`.
-pub fn resolve_prefix<'a>(ids: impl Iterator<Item = &'a String>, prefix: &str) -> Result<String> {
-    if prefix.is_empty() {
-        return Err(Error::InvalidArgument(
-            "container id must not be empty".into(),
-        ));
-    }
-    let mut found: Option<&String> = None;
-    for id in ids {
-        if id == prefix {
-            return Ok(id.clone());
-        }
-        if id.starts_with(prefix) {
-            if found.is_some() {
-                return Err(Error::InvalidArgument(format!(
-                    "container id prefix {prefix:?} is ambiguous"
-                )));
-            }
-            found = Some(id);
-        }
-    }
-    found
-        .cloned()
-        .ok_or_else(|| Error::NotFound(format!("container {prefix:?} not found")))
-}
-
 /// `<name>_<pod name>_<pod namespace>_<pod uid>_<attempt>`.
 pub fn full_name(
     name: &str,
@@ -200,25 +174,6 @@ mod tests {
         assert!(matches(&r, &sel(&[("app", "web")])));
         assert!(!matches(&r, &sel(&[("app", "db")])));
         assert!(!matches(&r, &sel(&[("app", "web"), ("missing", "x")])));
-    }
-
-    #[test]
-    fn prefixes() {
-        let ids = ["abc1".to_string(), "abc2".to_string(), "def".to_string()];
-        assert_eq!(resolve_prefix(ids.iter(), "d").unwrap(), "def");
-        assert_eq!(resolve_prefix(ids.iter(), "abc1").unwrap(), "abc1");
-        assert!(matches!(
-            resolve_prefix(ids.iter(), "abc"),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            resolve_prefix(ids.iter(), "x"),
-            Err(Error::NotFound(_))
-        ));
-        assert!(matches!(
-            resolve_prefix(ids.iter(), ""),
-            Err(Error::InvalidArgument(_))
-        ));
     }
 
     #[test]
