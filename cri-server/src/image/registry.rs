@@ -229,6 +229,16 @@ impl RegistryError {
                 url,
                 ..
             } => RegistryError::Unauthorized(url),
+            // Rate limited or failing: the registry is there but cannot serve now (Unavailable,
+            // and a mirror answering so loses to the upstream's own answer).
+            OciDistributionError::ServerError {
+                code: code @ (429 | 500..=599),
+                url,
+                message,
+            } => RegistryError::Unreachable(format!(
+                "{url}: HTTP {code}: {}",
+                truncate(message.trim(), 200)
+            )),
             OciDistributionError::ImageManifestNotFoundError(m) => RegistryError::NotFound(m),
             OciDistributionError::RequestError(e) => {
                 if e.is_connect() || e.is_timeout() || e.is_request() {
@@ -522,6 +532,53 @@ fn token_client(
 mod tests {
     use super::*;
     use k8s_cri::v1::AuthConfig;
+
+    #[test]
+    fn busy_or_failing_registries_are_unavailable_not_internal() {
+        let host = crate::image::hosts::RegistryHost {
+            scheme: crate::image::hosts::Scheme::Http,
+            host: "127.0.0.1:5000".into(),
+            path: "/v2".into(),
+            capabilities: crate::image::hosts::Capabilities {
+                pull: true,
+                resolve: true,
+                push: false,
+            },
+            skip_verify: false,
+            ca: Vec::new(),
+            headers: Default::default(),
+            is_server: true,
+        };
+        for code in [429, 500, 503] {
+            let err = RegistryError::classify(
+                &host,
+                OciDistributionError::ServerError {
+                    code,
+                    url: "http://127.0.0.1:5000/v2/x/manifests/1".into(),
+                    message: "slow down".into(),
+                },
+            );
+            let status: tonic::Status = err.into_error("x:1").into();
+            assert_eq!(
+                status.code(),
+                tonic::Code::Unavailable,
+                "{code}: {status:?}"
+            );
+            assert!(
+                status.message().contains(&format!("HTTP {code}")),
+                "{status:?}"
+            );
+        }
+        let teapot = RegistryError::classify(
+            &host,
+            OciDistributionError::ServerError {
+                code: 418,
+                url: "u".into(),
+                message: String::new(),
+            },
+        );
+        assert!(matches!(teapot, RegistryError::Other(_)));
+    }
 
     #[test]
     fn cri_auth_forms() {
