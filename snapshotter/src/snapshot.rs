@@ -138,12 +138,12 @@ impl Snapshotter {
         diff_id: &str,
     ) -> Result<String> {
         digest::hex_of(diff_id)?;
-        if let Some(p) = parent {
-            self.lower_ids(p)?;
-        }
         let chain = Self::chain_id(parent, diff_id);
         if self.has_committed(&chain) {
             return Ok(chain);
+        }
+        if let Some(p) = parent {
+            self.lower_ids(p)?;
         }
         let tmp = self.temp_dir()?;
         let result = (|| {
@@ -347,6 +347,11 @@ impl Snapshotter {
 
     /// Snapshot id of a committed chain, if committed.
     fn committed(&self, chain_id: &str) -> Result<Option<u64>> {
+        Ok(self.committed_meta(chain_id)?.map(|(n, _)| n))
+    }
+
+    /// [`Self::committed`] with the snapshot's metadata, read once.
+    fn committed_meta(&self, chain_id: &str) -> Result<Option<(u64, Meta)>> {
         let link = self.chains_dir().join(chain_name(chain_id)?);
         let Some(n) = read_link_id(&link)? else {
             return Ok(None);
@@ -354,7 +359,7 @@ impl Snapshotter {
         // The id in a stale link may have been reused by another snapshot: check what it points to.
         match self.read_meta(n) {
             Ok(m) if m.kind == Kind::Committed && m.chain_id.as_deref() == Some(chain_id) => {
-                Ok(Some(n))
+                Ok(Some((n, m)))
             }
             Ok(_) => Ok(None),
             Err(e) if e.is_not_found() => Ok(None),
@@ -370,10 +375,9 @@ impl Snapshotter {
             if out.len() >= MAX_DEPTH {
                 return Err(Error::InvalidInput(format!("chain {chain_id}: too deep")));
             }
-            let n = self
-                .committed(&c)?
+            let (n, meta) = self
+                .committed_meta(&c)?
                 .ok_or_else(|| Error::NotFound(format!("committed snapshot {c}")))?;
-            let meta = self.read_meta(n)?;
             out.push(n);
             cur = meta.parent;
         }
