@@ -13,8 +13,11 @@ pub fn error_message(port: u16, pod: &str, err: &dyn std::fmt::Display) -> Strin
     format!("error forwarding port {port} to pod {pod}, uid : {err}")
 }
 
+/// Most ports of one WebSocket port-forward: each needs two one-byte channel numbers.
+pub const MAX_WS_PORTS: usize = 128;
+
 /// The ports of a WebSocket port-forward: every `port=` query value, each a comma-separated list
-/// of ports 1-65535 (kubelet's `BuildV4Options`).
+/// of ports 1-65535 (kubelet's `BuildV4Options`), at most [`MAX_WS_PORTS`].
 pub fn query_ports(query: Option<&str>) -> Result<Vec<u16>, String> {
     let mut ports = Vec::new();
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
@@ -34,6 +37,12 @@ pub fn query_ports(query: Option<&str>) -> Result<Vec<u16>, String> {
     }
     if ports.is_empty() {
         return Err("query parameter \"port\" is required".into());
+    }
+    if ports.len() > MAX_WS_PORTS {
+        return Err(format!(
+            "{} ports requested; one WebSocket port-forward carries at most {MAX_WS_PORTS}",
+            ports.len()
+        ));
     }
     Ok(ports)
 }
@@ -92,6 +101,13 @@ mod tests {
         assert!(query_ports(Some("port=0")).unwrap_err().contains("> 0"));
         assert!(query_ports(Some("port=70000")).is_err());
         assert!(query_ports(Some("port=http")).is_err());
+        let many: Vec<String> = (1..=129).map(|p| p.to_string()).collect();
+        let query = format!("port={}", many.join(","));
+        assert!(query_ports(Some(&query))
+            .unwrap_err()
+            .contains("at most 128"));
+        let query = format!("port={}", many[..128].join(","));
+        assert_eq!(query_ports(Some(&query)).map(|p| p.len()), Ok(128));
     }
 
     #[test]

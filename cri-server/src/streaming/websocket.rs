@@ -341,7 +341,7 @@ pub async fn port_forward<S>(
     let mut to_pod = Vec::with_capacity(ports.len());
     let mut forwards = Vec::with_capacity(ports.len());
     for (i, &port) in ports.iter().enumerate() {
-        // Channel numbers are one byte: at most 128 ports per connection.
+        // Channel numbers are one byte: query_ports allows at most 128 ports.
         let Ok(data_channel) = u8::try_from(2 * i) else {
             break;
         };
